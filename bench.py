@@ -1,0 +1,6 @@
+"""``python bench.py ...`` is the same as the ``bench`` command."""
+
+from bench.cli import main
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,176 @@
+"""The ``bench`` command line (also ``python bench.py``).
+
+Problems with the user's input surface as one ``error:`` line and exit code 2;
+a run in which samples failed saves everything finished, lists the failures
+and exits with 1.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from functools import wraps
+from pathlib import Path
+from typing import Annotated, Any, Optional, TypeVar
+
+import typer
+
+from bench import registry
+from bench.errors import BenchError
+
+app = typer.Typer(
+    name="bench",
+    help="region-bench: evaluate region-level vision-language models.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+data_app = typer.Typer(help="Dataset utilities.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def user_errors(function: F) -> F:
+    """Print a :class:`BenchError` as one sentence and exit 2, instead of a traceback."""
+
+    @wraps(function)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return function(*args, **kwargs)
+        except BenchError as error:
+            typer.echo(f"error: {error}", err=True)
+            raise typer.Exit(2) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+@app.command()
+@user_errors
+def run(
+    model: Annotated[str, typer.Option("--model", "-m", help="Adapter name (see `bench list models`).")],
+    task: Annotated[str, typer.Option("--task", "-t", help="Task or group names, comma separated.")],
+    model_args: Annotated[Optional[str], typer.Option(help="Adapter arguments: k=v,k2=v2.")] = None,
+    limit: Annotated[Optional[int], typer.Option(help="Score only the first N samples of each task.")] = None,
+    batch_size: Annotated[int, typer.Option(help="Requests per adapter call.")] = 8,
+    device: Annotated[str, typer.Option(help="Device for model adapters: cpu, cuda, cuda:1 ...")] = "cpu",
+    data_root: Annotated[Optional[Path], typer.Option(
+        help="Directory with the datasets (layout in README); default: the embedded synthetic suite.")] = None,
+    output: Annotated[Path, typer.Option("--output", "-o", help="Where samples and results.json go.")] = Path(
+        "outputs"),
+    seed: Annotated[int, typer.Option(help="Seed for adapters that sample.")] = 0,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Run a model on tasks; print the scores and save them under --output."""
+    from bench.evaluate import RunConfig, run_evaluation
+    from bench.results import RESULTS_FILE, format_table
+
+    config = RunConfig(
+        model=model, tasks=task, model_args=registry.parse_model_args(model_args), data_root=data_root,
+        output=output, limit=limit, batch_size=batch_size, device=device, seed=seed, progress=progress,
+    )
+    if data_root is None:
+        typer.echo("note: no --data-root given; using the embedded synthetic region suite", err=True)
+    report = run_evaluation(config)
+    results = report.results
+    if results["results"]:
+        typer.echo(format_table(results["results"], results["n_samples"], results["versions"]["tasks"]))
+    if limit is not None:
+        typer.echo(f"note: scores cover only the first {limit} samples of each task (--limit)")
+    typer.echo(f"saved {output / RESULTS_FILE} and samples_<task>.jsonl files in {output}")
+    if report.failed:
+        for outcome in report.outcomes:
+            for failure in outcome.failures:
+                typer.echo(f"failed: {outcome.name} sample {failure.sample_id}: {failure.reason}", err=True)
+        total = sum(len(o.failures) for o in report.outcomes)
+        typer.echo(
+            f"error: {total} sample(s) failed; finished samples are saved, and running the same "
+            "command again retries only the failed ones", err=True,
+        )
+        raise typer.Exit(1)
+
+
+@app.command("list")
+@user_errors
+def list_(
+    what: Annotated[str, typer.Argument(help="tasks, models, or all")] = "all",
+) -> None:
+    """Show the registered tasks, task groups and models, one line each."""
+    if what not in ("tasks", "models", "all"):
+        raise BenchError(f"`bench list {what}`: choose tasks, models or all")
+    rows: list[tuple[str, str, str]] = []
+    if what in ("tasks", "all"):
+        rows += [("task", n, registry.get_task(n).description) for n in registry.task_names()]
+        rows += [("group", n, registry.get_group(n).description) for n in registry.group_names()]  # type: ignore[union-attr]
+    if what in ("models", "all"):
+        rows += [("model", n, registry.get_adapter(n).description) for n in registry.adapter_names()]
+    width = max(len(name) for _, name, _ in rows)
+    for kind, name, description in rows:
+        prefix = f"{kind:<6} " if what == "all" else ""
+        typer.echo(f"{prefix}{name:<{width}}  {description}")
+
+
+@app.command()
+@user_errors
+def score(
+    path: Annotated[Path, typer.Argument(help="An output directory or one samples_<task>.jsonl file.")],
+    output: Annotated[Optional[Path], typer.Option(help="Also write the new results to this JSON file.")] = None,
+) -> None:
+    """Re-score saved samples (re-parse raw outputs, recompute metrics) without the model."""
+    from bench.rescore import rescore_paths
+    from bench.results import format_table, write_json_atomic
+
+    results, n_samples, task_versions, warnings = rescore_paths(path)
+    for warning in warnings:
+        typer.echo(f"warning: {warning}", err=True)
+    typer.echo(format_table(results, n_samples, task_versions))
+    if output is not None:
+        write_json_atomic(output, {"results": results, "n_samples": n_samples, "source": str(path)})
+        typer.echo(f"saved {output}")
+
+
+@data_app.command("synth")
+@user_errors
+def data_synth(
+    out: Annotated[Path, typer.Option(help="Directory to write the suite into (created).")],
+    seed: Annotated[int, typer.Option(help="Generation seed.")] = 0,
+    n_train: Annotated[Optional[int], typer.Option(help="Training images (default: the suite's).")] = None,
+    n_val: Annotated[Optional[int], typer.Option(help="Evaluation images (default: the suite's).")] = None,
+    n_test: Annotated[Optional[int], typer.Option(help="Test images (default: the suite's).")] = None,
+) -> None:
+    """Write the synthetic region suite (COCO, RefCOCOg, VG, POPE, proposals) to --out."""
+    import dataclasses
+
+    from bench.synthetic import SuiteParams, generate_suite
+
+    overrides = {k: v for k, v in {"n_train": n_train, "n_val": n_val, "n_test": n_test}.items() if v is not None}
+    if any(v < 0 for v in overrides.values()):
+        raise BenchError("image counts must be zero or more")
+    params = dataclasses.replace(SuiteParams(seed=seed), **overrides)
+    if out.exists() and any(out.iterdir()):
+        raise BenchError(f"--out {out} is not empty; choose a new directory")
+    root = generate_suite(out, params)
+    typer.echo(f"wrote the synthetic suite to {root}; use it with --data-root {root}")
+
+
+@app.command()
+def doctor() -> None:
+    """Check Java, pycocoevalcap (METEOR, PTB tokenizer), torch and CUDA."""
+    from tabulate import tabulate
+
+    from bench.doctor import run_checks
+
+    checks = run_checks()
+    rows = [["ok" if c.ok else "MISSING", c.name, c.detail, c.needed_for] for c in checks]
+    typer.echo(tabulate(rows, headers=["status", "check", "detail", "needed for"], tablefmt="github"))
+    required_missing = [c for c in checks if not c.ok and "optional" not in c.needed_for]
+    if required_missing:
+        raise typer.Exit(1)
+
+
+def main() -> None:
+    app(prog_name="bench")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,103 @@
+"""``bench run`` end to end: build the adapter, run each task, write ``results.json``."""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench import registry
+from bench.errors import ConfigError
+from bench.results import RESULTS_FILE, versions, write_json_atomic
+from bench.runner import TaskOutcome, evaluate_task
+
+
+@dataclass
+class RunConfig:
+    model: str
+    tasks: str
+    model_args: dict[str, str] = field(default_factory=dict)
+    data_root: Path | None = None
+    output: Path = Path("outputs")
+    limit: int | None = None
+    batch_size: int = 8
+    device: str = "cpu"
+    seed: int = 0
+    progress: bool = True
+
+
+@dataclass
+class RunReport:
+    results: dict[str, Any]
+    outcomes: list[TaskOutcome]
+
+    @property
+    def failed(self) -> bool:
+        return any(o.failures for o in self.outcomes)
+
+
+def resolve_data_root(data_root: Path | None) -> Path:
+    """The given data root, or the embedded synthetic suite (generated on first use)."""
+    if data_root is not None:
+        if not data_root.is_dir():
+            raise ConfigError(f"--data-root {data_root} is not a directory")
+        return data_root.resolve()
+    from bench.synthetic import default_suite_dir
+
+    return default_suite_dir()
+
+
+def run_evaluation(config: RunConfig) -> RunReport:
+    """Run ``config.model`` on every task of ``config.tasks`` and save everything under ``config.output``."""
+    if config.limit is not None and config.limit <= 0:
+        raise ConfigError("--limit must be a positive number of samples")
+    if config.batch_size <= 0:
+        raise ConfigError("--batch-size must be positive")
+    task_names, group_names = registry.expand_tasks(config.tasks)
+    task_classes = {name: registry.get_task(name) for name in task_names}
+    random.seed(config.seed)
+    adapter = registry.build_adapter(
+        config.model, config.model_args, device=config.device, seed=config.seed, batch_size=config.batch_size
+    )
+    data_root = resolve_data_root(config.data_root)
+
+    outcomes: list[TaskOutcome] = []
+    for name in task_names:
+        task = task_classes[name](data_root)
+        samples = [dataclasses.replace(s, task=name) for s in task.load_samples()]
+        if config.limit is not None:
+            samples = samples[: config.limit]
+        outcomes.append(evaluate_task(task, adapter, samples, config.output, config.batch_size, config.progress))
+
+    metrics = {o.name: o.metrics for o in outcomes if o.metrics is not None}
+    for group_name in group_names:
+        group = registry.get_group(group_name)
+        assert group is not None
+        if all(member in metrics for member in group.members):
+            metrics[group_name] = group().aggregate(metrics)
+
+    results: dict[str, Any] = {
+        "results": metrics,
+        "n_samples": {o.name: o.n_samples for o in outcomes},
+        "config": {
+            "model": config.model,
+            "model_args": config.model_args,
+            "model_fingerprint": adapter.fingerprint(),
+            "tasks": task_names,
+            "groups": group_names,
+            "limit": config.limit,
+            "seed": config.seed,
+            "batch_size": config.batch_size,
+            "device": config.device,
+            "data_root": str(data_root),
+            "synthetic_suite": config.data_root is None,
+        },
+        "versions": versions({name: cls.version for name, cls in task_classes.items()}),
+        "failures": {
+            o.name: [{"id": f.sample_id, "reason": f.reason} for f in o.failures] for o in outcomes if o.failures
+        },
+    }
+    write_json_atomic(config.output / RESULTS_FILE, results)
+    return RunReport(results=results, outcomes=outcomes)
