@@ -109,8 +109,9 @@ def evaluate_task(
 def _batches_by_image(todo: list[_Pending], batch_size: int) -> list[list[_Pending]]:
     """Group samples by image (images in order of first appearance), then cut batches.
 
-    A batch holds about ``batch_size`` requests; an image's samples stay together
-    in one batch where they fit, so an adapter can encode each image once.
+    A batch holds at most ``batch_size`` requests (one sample larger than that
+    goes alone). An image whose requests fit in one batch is never split across
+    two, so an adapter can encode each image once per batch.
     """
     by_image: dict[str, list[_Pending]] = defaultdict(list)
     for item in todo:
@@ -119,6 +120,10 @@ def _batches_by_image(todo: list[_Pending], batch_size: int) -> list[list[_Pendi
     current: list[_Pending] = []
     size = 0
     for items in by_image.values():
+        group_size = sum(len(item.requests) for item in items)
+        if current and size + group_size > batch_size and group_size <= batch_size:
+            batches.append(current)
+            current, size = [], 0
         for item in items:
             if current and size + len(item.requests) > batch_size:
                 batches.append(current)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -10,6 +12,19 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 SHARED_POPE = REPO.parent / "shared" / "data" / "pope"
 SPLITS = ("random", "popular", "adversarial")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Generate the default synthetic suite into a per-session cache (subprocesses inherit it)."""
+    cache = tmp_path_factory.mktemp("region-bench-cache")
+    previous = os.environ.get("REGION_BENCH_CACHE")
+    os.environ["REGION_BENCH_CACHE"] = str(cache)
+    yield cache
+    if previous is None:
+        os.environ.pop("REGION_BENCH_CACHE", None)
+    else:
+        os.environ["REGION_BENCH_CACHE"] = previous
 
 
 def write_pope_root(root: Path, n_images: int = 10, start_id: int = 1, legacy: bool = False) -> Path:

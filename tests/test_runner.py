@@ -139,3 +139,27 @@ def test_adapter_returning_wrong_count_fails_cleanly(task: PopeRandom, tmp_path:
     outcome = evaluate_task(task, Short(), task.load_samples()[:2], tmp_path / "o", progress=False)
     assert [f.sample_id for f in outcome.failures] == ["1", "2"]
     assert "returned 0 answers to 1 generate requests" in outcome.failures[0].reason
+
+
+def test_batch_cutting_keeps_images_whole_when_they_fit() -> None:
+    from bench.runner import _batches_by_image, _Pending
+    from bench.types import ImageRef, Sample
+
+    def pending(image: str, index: int) -> _Pending:
+        sample = Sample(id=f"{image}{index}", image=ImageRef(key=image), prompt="", target="yes")
+        return _Pending(sample, [GenerationRequest(sample=sample, prompt="", regions=())], key="")
+
+    todo = [pending(image, i) for image, count in (("a", 6), ("b", 6), ("c", 3), ("d", 10)) for i in range(count)]
+    random.Random(3).shuffle(todo)
+
+    def shape(batch_size: int) -> list[str]:
+        return ["".join(sorted(p.sample.image.key for p in batch)) for batch in _batches_by_image(todo, batch_size)]
+
+    order = list(dict.fromkeys(p.sample.image.key for p in todo))  # images by first appearance
+    batches = shape(8)
+    assert all(len(b) <= 8 for b in batches)
+    for image in "abc":  # groups that fit are never split
+        assert sum(image in b for b in batches) == 1
+    assert sum("d" in b for b in batches) == 2  # 10 requests > 8 must split
+    assert [b[0] for b in batches][0] == order[0]
+    assert shape(100) == ["".join(sorted(p.sample.image.key for p in todo))]
