@@ -1,3 +1,6 @@
+"""``python -m bench`` is the same as the ``bench`` command."""
+
 from bench.cli import main
 
-main()
+if __name__ == "__main__":
+    main()

@@ -174,3 +174,22 @@ def test_console_script_is_installed() -> None:
         pytest.skip("the `bench` console script is not installed in this environment")
     result = subprocess.run([str(script), "list", "tasks"], capture_output=True, text=True)
     assert result.returncode == 0 and "pope-adversarial" in result.stdout
+
+
+def test_default_synthetic_suite_oracle_and_always_yes(tmp_path: Path) -> None:
+    """No --data-root: the embedded suite is generated on first use and scored offline."""
+    oracle = run_bench("run", "--model", "oracle", "--task", "pope-adversarial", "--output", str(tmp_path / "o"))
+    assert oracle.returncode == 0, oracle.stderr
+    assert "embedded synthetic region suite" in oracle.stderr
+    saved = json.loads((tmp_path / "o" / "results.json").read_text())
+    assert saved["config"]["synthetic_suite"] is True
+    assert saved["results"]["pope-adversarial"] == {
+        "accuracy": 1.0, "precision": 1.0, "recall": 1.0, "f1": 1.0, "yes_ratio": 0.5}
+
+    yes = run_bench("run", "--model", "always-yes", "--task", "pope", "--output", str(tmp_path / "y"))
+    assert yes.returncode == 0, yes.stderr
+    results = json.loads((tmp_path / "y" / "results.json").read_text())["results"]
+    for split in ("pope-random", "pope-popular", "pope-adversarial"):
+        assert results[split]["yes_ratio"] == 1.0
+        assert results[split]["recall"] == 1.0
+        assert results[split]["precision"] == 0.5
