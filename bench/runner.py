@@ -232,11 +232,11 @@ class _NoBar:
 
 
 def _progress_bar(name: str, total: int, done: int, enabled: bool) -> Any:
+    """tqdm bar with rate and ETA; on a non-terminal (CI, job logs) it prints every 30 s."""
     if not enabled:
         return _NoBar()
     from tqdm import tqdm
 
-    return tqdm(total=total, initial=done, desc=name, unit="sample", file=sys.stderr, dynamic_ncols=True,
-                disable=None)
-
-
+    interactive = sys.stderr.isatty()
+    return tqdm(total=total, initial=done, desc=name, unit="sample", file=sys.stderr, dynamic_ncols=interactive,
+                mininterval=0.1 if interactive else 30.0)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -193,3 +194,28 @@ def test_default_synthetic_suite_oracle_and_always_yes(tmp_path: Path) -> None:
         assert results[split]["yes_ratio"] == 1.0
         assert results[split]["recall"] == 1.0
         assert results[split]["precision"] == 0.5
+
+
+def test_data_synth_writes_a_suite_that_runs(tmp_path: Path) -> None:
+    out = tmp_path / "suite"
+    made = run_bench("data", "synth", "--out", str(out), "--n-train", "2", "--n-val", "4", "--n-test", "2",
+                     "--seed", "5")
+    assert made.returncode == 0, made.stderr
+    suite = json.loads((out / "suite.json").read_text())
+    assert suite["params"]["seed"] == 5 and suite["splits"] == {"train": 2, "val": 4, "test": 2}
+    questions = (out / "pope" / "coco_pope_random.json").read_text().splitlines()
+    assert len(questions) == 6 * 4
+    result = run_bench("run", "--model", "oracle", "--task", "pope-random", "--data-root", str(out),
+                       "--output", str(tmp_path / "o"))
+    assert result.returncode == 0, result.stderr
+    assert json.loads((tmp_path / "o" / "results.json").read_text())["n_samples"] == {"pope-random": 24}
+    again = run_bench("data", "synth", "--out", str(out))
+    assert again.returncode == 2 and "is not empty" in again.stderr
+
+
+def test_doctor_reports_each_check() -> None:
+    result = run_bench("doctor")
+    for check in ("java", "PTB tokenizer jar", "METEOR 1.5 jar", "METEOR paraphrase data", "torch", "CUDA"):
+        assert check in result.stdout
+    if shutil.which("java"):
+        assert result.returncode == 0, result.stdout
