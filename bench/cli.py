@@ -59,6 +59,8 @@ def run(
     output: Annotated[Path, typer.Option("--output", "-o", help="Where samples and results.json go.")] = Path(
         "outputs"),
     seed: Annotated[int, typer.Option(help="Seed for adapters that sample.")] = 0,
+    split: Annotated[Optional[str], typer.Option(
+        help="Dataset split for tasks that have several (e.g. test); default: each task's own.")] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
     """Run a model on tasks; print the scores and save them under --output."""
@@ -67,7 +69,8 @@ def run(
 
     config = RunConfig(
         model=model, tasks=task, model_args=registry.parse_model_args(model_args), data_root=data_root,
-        output=output, limit=limit, batch_size=batch_size, device=device, seed=seed, progress=progress,
+        output=output, limit=limit, batch_size=batch_size, device=device, seed=seed, split=split,
+        progress=progress,
     )
     if data_root is None:
         typer.echo("note: no --data-root given; using the embedded synthetic region suite", err=True)

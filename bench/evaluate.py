@@ -25,6 +25,7 @@ class RunConfig:
     batch_size: int = 8
     device: str = "cpu"
     seed: int = 0
+    split: str | None = None
     progress: bool = True
 
 
@@ -57,15 +58,15 @@ def run_evaluation(config: RunConfig) -> RunReport:
         raise ConfigError("--batch-size must be positive")
     task_names, group_names = registry.expand_tasks(config.tasks)
     task_classes = {name: registry.get_task(name) for name in task_names}
+    data_root = resolve_data_root(config.data_root)
+    tasks = [task_classes[name](data_root, split=config.split) for name in task_names]
     random.seed(config.seed)
     adapter = registry.build_adapter(
         config.model, config.model_args, device=config.device, seed=config.seed, batch_size=config.batch_size
     )
-    data_root = resolve_data_root(config.data_root)
 
     outcomes: list[TaskOutcome] = []
-    for name in task_names:
-        task = task_classes[name](data_root)
+    for name, task in zip(task_names, tasks, strict=True):
         samples = [dataclasses.replace(s, task=name) for s in task.load_samples()]
         if config.limit is not None:
             samples = samples[: config.limit]
@@ -89,12 +90,13 @@ def run_evaluation(config: RunConfig) -> RunReport:
             "groups": group_names,
             "limit": config.limit,
             "seed": config.seed,
+            "split": config.split,
             "batch_size": config.batch_size,
             "device": config.device,
             "data_root": str(data_root),
             "synthetic_suite": config.data_root is None,
         },
-        "versions": versions({name: cls.version for name, cls in task_classes.items()}),
+        "versions": versions({task.run_name: task.version for task in tasks}),
         "failures": {
             o.name: [{"id": f.sample_id, "reason": f.reason} for f in o.failures] for o in outcomes if o.failures
         },

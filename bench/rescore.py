@@ -38,17 +38,18 @@ def rescore_paths(path: Path) -> tuple[dict[str, dict[str, float]], dict[str, in
         if not records:
             warnings.append(f"{file} holds no samples; skipped")
             continue
-        name = records[0].get("task") or file.stem.removeprefix("samples_")
-        task = registry.get_task(str(name))(Path("."))
+        name, _, file_split = file.stem.removeprefix("samples_").partition("@")
+        name = records[0].get("task") or name
+        task = registry.get_task(str(name))(Path("."), split=records[0].get("split") or file_split or None)
         stale = {r.get("task_version") for r in records} - {task.version}
         if stale:
             warnings.append(
                 f"{file}: saved with task version(s) {sorted(map(str, stale))}, re-scored with version {task.version}"
             )
         rescored = [_reprocess(task, record, file) for record in records]
-        results[task.name] = task.aggregate(rescored)
-        n_samples[task.name] = len(rescored)
-        versions[task.name] = task.version
+        results[task.run_name] = task.aggregate(rescored)
+        n_samples[task.run_name] = len(rescored)
+        versions[task.run_name] = task.version
     for group_name in registry.group_names():
         group = registry.get_group(group_name)
         if group is not None and all(m in results for m in group.members):

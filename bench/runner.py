@@ -66,25 +66,25 @@ def evaluate_task(
     progress: bool = True,
 ) -> TaskOutcome:
     """Answer, save and score ``samples`` of ``task`` with ``adapter``."""
-    outcome = TaskOutcome(name=task.name, version=task.version, n_samples=len(samples))
+    outcome = TaskOutcome(name=task.run_name, version=task.version, n_samples=len(samples))
     fingerprint = adapter.fingerprint()
     pending: dict[str, _Pending] = {}
     for sample in samples:
         if sample.id in pending:
-            raise BenchError(f"task {task.name!r}: sample id {sample.id!r} occurs twice in the split")
+            raise BenchError(f"task {task.run_name!r}: sample id {sample.id!r} occurs twice in the split")
         try:
             requests = task.build_requests(sample, adapter.capabilities)
         except BenchError as error:
             outcome.failures.append(Failure(sample.id, str(error)))
             continue
-        key = cache_key(fingerprint, task.name, task.version, requests)
+        key = cache_key(fingerprint, task.run_name, task.version, requests)
         pending[sample.id] = _Pending(sample, requests, key)
 
-    with SampleStore(samples_path(output_dir, task.name)) as store:
+    with SampleStore(samples_path(output_dir, task.run_name)) as store:
         records = store.reusable({sid: p.key for sid, p in pending.items()})
         outcome.n_reused = len(records)
         todo = [p for sid, p in pending.items() if sid not in records]
-        bar = _progress_bar(task.name, len(samples), len(records) + len(outcome.failures), progress)
+        bar = _progress_bar(task.run_name, len(samples), len(records) + len(outcome.failures), progress)
         for batch in _batches_by_image(todo, batch_size):
             for item, result in _answer(adapter, batch):
                 if isinstance(result, Failure):
@@ -183,6 +183,7 @@ def _record(task: Task, item: _Pending, outputs: list[Output]) -> dict[str, Any]
     return {
         "id": sample.id,
         "task": task.name,
+        "split": task.split,
         "task_version": task.version,
         "image": sample.image.key,
         "prompt": sample.prompt,

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from bench.adapter import Capabilities
+from bench.errors import ConfigError
 from bench.types import Output, Request, Sample
 
 
@@ -39,9 +40,29 @@ class Task(ABC):
     version: ClassVar[str] = "1"
     # Metric names in display order; the first is the headline metric.
     metrics: ClassVar[tuple[str, ...]] = ()
+    # Dataset splits the task can evaluate (``--split``); empty when it has one fixed split.
+    splits: ClassVar[tuple[str, ...]] = ()
+    default_split: ClassVar[str | None] = None
 
-    def __init__(self, data_root: Path) -> None:
+    def __init__(self, data_root: Path, split: str | None = None) -> None:
         self.data_root = data_root
+        if split is not None and split != self.default_split and split not in self.splits:
+            choices = ", ".join(self.splits) if self.splits else "none: it has one fixed split"
+            raise ConfigError(
+                f"task {self.name!r} has no split {split!r} (splits: {choices}); "
+                "drop --split or run this task separately"
+            )
+        self.split = split if split is not None else self.default_split
+
+    @property
+    def run_name(self) -> str:
+        """Name of this task on this split in results and file names: ``refcocog-rec@test``.
+
+        The default split keeps the plain task name.
+        """
+        if self.split is None or self.split == self.default_split:
+            return self.name
+        return f"{self.name}@{self.split}"
 
     @abstractmethod
     def load_samples(self) -> list[Sample]:

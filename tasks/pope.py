@@ -11,7 +11,7 @@ the current one (``question_id`` from 1) and older copies that also carry
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any, ClassVar
+from typing import Any
 
 from bench.adapter import Capabilities
 from bench.data.files import read_json_records, require_file, resolve_inside
@@ -26,9 +26,8 @@ LABELS = ("yes", "no")
 
 
 class PopeTask(Task):
-    """One POPE split; subclasses set ``split``."""
+    """One POPE split; subclasses set ``default_split`` (each split is its own task, as in the papers)."""
 
-    split: ClassVar[str] = ""
     version = "1"
     metrics = ("f1", "accuracy", "precision", "recall", "yes_ratio")
     max_new_tokens = 32
@@ -86,21 +85,21 @@ class PopeTask(Task):
 @register_task
 class PopeRandom(PopeTask):
     name = "pope-random"
-    split = "random"
+    default_split = "random"
     description = "POPE hallucination, random negatives (acc, precision, recall, F1, yes ratio)"
 
 
 @register_task
 class PopePopular(PopeTask):
     name = "pope-popular"
-    split = "popular"
+    default_split = "popular"
     description = "POPE hallucination, popular negatives (acc, precision, recall, F1, yes ratio)"
 
 
 @register_task
 class PopeAdversarial(PopeTask):
     name = "pope-adversarial"
-    split = "adversarial"
+    default_split = "adversarial"
     description = "POPE hallucination, adversarial (co-occurring) negatives (acc, precision, recall, F1, yes ratio)"
 
 

@@ -52,10 +52,11 @@ def test_sigkill_then_rerun_finishes_with_same_results_and_no_duplicates(tmp_pat
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     samples = out / "samples_pope-random.jsonl"
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and process.poll() is None:
         if samples.exists() and samples.read_text().count("\n") >= 40:
             break
         time.sleep(0.02)
+    assert process.poll() is None, "the run ended before it could be killed"
     process.send_signal(signal.SIGKILL)
     process.wait()
     finished_before = samples.read_text().count("\n")
