@@ -61,6 +61,8 @@ def run(
     seed: Annotated[int, typer.Option(help="Seed for adapters that sample.")] = 0,
     split: Annotated[Optional[str], typer.Option(
         help="Dataset split for tasks that have several (e.g. test); default: each task's own.")] = None,
+    task_args: Annotated[Optional[str], typer.Option(
+        help="Task options: k=v,k2=v2 (e.g. max_candidates=20 for refcocog-rec).")] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
     """Run a model on tasks; print the scores and save them under --output."""
@@ -70,7 +72,7 @@ def run(
     config = RunConfig(
         model=model, tasks=task, model_args=registry.parse_model_args(model_args), data_root=data_root,
         output=output, limit=limit, batch_size=batch_size, device=device, seed=seed, split=split,
-        progress=progress,
+        task_args=registry.parse_model_args(task_args, "--task-args"), progress=progress,
     )
     if data_root is None:
         typer.echo("note: no --data-root given; using the embedded synthetic region suite", err=True)

@@ -26,6 +26,7 @@ class RunConfig:
     device: str = "cpu"
     seed: int = 0
     split: str | None = None
+    task_args: dict[str, str] = field(default_factory=dict)
     progress: bool = True
 
 
@@ -57,9 +58,8 @@ def run_evaluation(config: RunConfig) -> RunReport:
     if config.batch_size <= 0:
         raise ConfigError("--batch-size must be positive")
     task_names, group_names = registry.expand_tasks(config.tasks)
-    task_classes = {name: registry.get_task(name) for name in task_names}
     data_root = resolve_data_root(config.data_root)
-    tasks = [task_classes[name](data_root, split=config.split) for name in task_names]
+    tasks = registry.build_tasks(task_names, data_root, config.split, config.task_args)
     random.seed(config.seed)
     adapter = registry.build_adapter(
         config.model, config.model_args, device=config.device, seed=config.seed, batch_size=config.batch_size
@@ -91,6 +91,7 @@ def run_evaluation(config: RunConfig) -> RunReport:
             "limit": config.limit,
             "seed": config.seed,
             "split": config.split,
+            "task_args": config.task_args,
             "batch_size": config.batch_size,
             "device": config.device,
             "data_root": str(data_root),

@@ -145,8 +145,8 @@ def expand_tasks(spec: str) -> tuple[list[str], list[str]]:
 # --------------------------------------------------------------------------- model args
 
 
-def parse_model_args(text: str | None) -> dict[str, str]:
-    """Parse ``"k=v,k2=v2"``; raises :class:`ConfigError` naming the bad part."""
+def parse_model_args(text: str | None, flag: str = "--model-args") -> dict[str, str]:
+    """Parse ``"k=v,k2=v2"`` (``--model-args``, ``--task-args``); raises :class:`ConfigError` naming the bad part."""
     args: dict[str, str] = {}
     if not text:
         return args
@@ -156,11 +156,9 @@ def parse_model_args(text: str | None) -> dict[str, str]:
         key, sep, value = part.partition("=")
         key = key.strip()
         if not sep or not key:
-            raise ConfigError(
-                f"--model-args: {part!r} is not key=value; write e.g. --model-args path=answers.jsonl,seed=1"
-            )
+            raise ConfigError(f"{flag}: {part!r} is not key=value; write e.g. {flag} name=value,other=2")
         if key in args:
-            raise ConfigError(f"--model-args: {key!r} is given twice")
+            raise ConfigError(f"{flag}: {key!r} is given twice")
         args[key] = value.strip()
     return args
 
@@ -172,25 +170,51 @@ def build_adapter(name: str, model_args: dict[str, str], **runtime: Any) -> Adap
     adapters whose ``__init__`` accepts them, and never override ``model_args``.
     """
     cls = get_adapter(name)
-    signature = inspect.signature(cls.__init__)
-    hints = typing.get_type_hints(cls.__init__)
-    accepted = {
-        p.name: p for p in signature.parameters.values()
-        if p.name != "self" and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)
-    }
+    accepted = _options(cls, exclude=())
     unknown = sorted(set(model_args) - set(accepted))
     if unknown:
         allowed = ", ".join(sorted(set(accepted) - set(runtime))) or "none"
         raise ConfigError(f"model {name!r} does not take --model-args {', '.join(unknown)}; it takes: {allowed}")
     kwargs: dict[str, Any] = {k: v for k, v in runtime.items() if k in accepted}
-    for key, value in model_args.items():
-        kwargs[key] = _convert(value, hints.get(key, str), f"--model-args {key}")
-    missing = [p.name for p in accepted.values() if p.default is p.empty and p.name not in kwargs]
+    kwargs.update(_converted(cls, model_args, "--model-args"))
+    missing = [p for p, param in accepted.items() if param.default is param.empty and p not in kwargs]
     if missing:
         raise ConfigError(f"model {name!r} needs --model-args {', '.join(f'{m}=...' for m in missing)}")
     adapter = cls(**kwargs)
     adapter.init_args = {k: v for k, v in kwargs.items() if k in model_args}
     return adapter
+
+
+def build_tasks(names: list[str], data_root: Path, split: str | None, task_args: dict[str, str]) -> list[Task]:
+    """Instantiate tasks; each gets the ``--task-args`` its ``__init__`` declares.
+
+    An argument that none of the tasks takes is an error, so a typo never
+    silently runs with defaults.
+    """
+    classes = [get_task(name) for name in names]
+    options = {cls.name: _options(cls, exclude=("data_root", "split")) for cls in classes}
+    unused = sorted(set(task_args) - {o for accepted in options.values() for o in accepted})
+    if unused:
+        takes = "; ".join(f"{n}: {', '.join(sorted(o)) or 'none'}" for n, o in options.items())
+        raise ConfigError(f"no selected task takes --task-args {', '.join(unused)} ({takes})")
+    tasks = []
+    for cls in classes:
+        mine = {k: v for k, v in task_args.items() if k in options[cls.name]}
+        tasks.append(cls(data_root, split=split, **_converted(cls, mine, "--task-args")))
+    return tasks
+
+
+def _options(cls: type, exclude: tuple[str, ...]) -> dict[str, inspect.Parameter]:
+    signature = inspect.signature(cls.__init__)
+    return {
+        p.name: p for p in signature.parameters.values()
+        if p.name != "self" and p.name not in exclude and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)
+    }
+
+
+def _converted(cls: type, args: dict[str, str], flag: str) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls.__init__)
+    return {key: _convert(value, hints.get(key, str), f"{flag} {key}") for key, value in args.items()}
 
 
 def _convert(value: str, hint: Any, where: str) -> Any:

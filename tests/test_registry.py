@@ -94,3 +94,27 @@ def test_entry_points_register_adapters_and_tasks(tmp_path: Path, pope_root: Pat
     assert "| my-pope" in result.stdout
     scores = json.loads((tmp_path / "out" / "results.json").read_text())["results"]["my-pope"]
     assert scores == {"accuracy": 0.5, "precision": 0.0, "recall": 0.0, "f1": 0.0, "yes_ratio": 0.0}
+
+
+def test_task_args_reach_only_tasks_that_declare_them(tmp_path: Path) -> None:
+    from bench.task import Task
+
+    class Capped(Task):
+        name = "capped-test-task"
+
+        def __init__(self, data_root: Path, split: str | None = None, *, max_candidates: int = 10,
+                     strict: bool = False) -> None:
+            super().__init__(data_root, split)
+            self.max_candidates, self.strict = max_candidates, strict
+
+        load_samples = build_requests = process = aggregate = None  # type: ignore[assignment]
+
+    registry.register_task(Capped)
+    capped, pope = registry.build_tasks(["capped-test-task", "pope-random"], tmp_path, None,
+                                        {"max_candidates": "20", "strict": "yes"})
+    assert (capped.max_candidates, capped.strict) == (20, True)
+    assert pope.name == "pope-random"
+    with pytest.raises(ConfigError, match="no selected task takes --task-args max_cands"):
+        registry.build_tasks(["capped-test-task"], tmp_path, None, {"max_cands": "3"})
+    with pytest.raises(ConfigError, match="--task-args max_candidates='x'"):
+        registry.build_tasks(["capped-test-task"], tmp_path, None, {"max_candidates": "x"})
