@@ -105,7 +105,7 @@ def list_(
         raise BenchError(f"`bench list {what}`: choose tasks, models or all")
     rows: list[tuple[str, str, str]] = []
     if what in ("tasks", "all"):
-        rows += [("task", n, registry.get_task(n).description) for n in registry.task_names()]
+        rows += [("task", n, _task_line(registry.get_task(n))) for n in registry.task_names()]
         rows += [("group", n, registry.get_group(n).description) for n in registry.group_names()]  # type: ignore[union-attr]
     if what in ("models", "all"):
         rows += [("model", n, registry.get_adapter(n).description) for n in registry.adapter_names()]
@@ -113,6 +113,13 @@ def list_(
     for kind, name, description in rows:
         prefix = f"{kind:<6} " if what == "all" else ""
         typer.echo(f"{prefix}{name:<{width}}  {description}")
+
+
+def _task_line(task: Any) -> str:
+    if not task.splits:
+        return task.description
+    splits = ", ".join(f"{s} (default)" if s == task.default_split else s for s in task.splits)
+    return f"{task.description} [splits: {splits}]"
 
 
 @app.command()
