@@ -23,7 +23,14 @@ class Check:
 
 
 def run_checks() -> list[Check]:
-    return [_java(), *_pycocoevalcap(), _torch(), _cuda(), _package("transformers", "reference models")]
+    return [
+        _java(),
+        *_pycocoevalcap(),
+        _meteor_usable(),
+        _torch(),
+        _cuda(),
+        _package("transformers", "reference models"),
+    ]
 
 
 def _java() -> Check:
@@ -53,6 +60,27 @@ def _pycocoevalcap() -> list[Check]:
         ok = path.is_file() and path.stat().st_size > 0
         checks.append(Check(label, ok, str(path) if ok else f"missing: {path}", "caption metrics"))
     return checks
+
+
+def _meteor_usable() -> Check:
+    """Score one pair through bench's METEOR wrapper: jars that exist can still fail
+    (bad JVM, too little memory for -Xmx2G, corrupt paraphrase table), and only a
+    real run shows that. Takes ~15-20 s: the JVM loads the paraphrase table."""
+    import time
+
+    from bench.metrics.meteor import MeteorScorer
+
+    name, needed_for = "METEOR usable", "caption metrics"
+    if shutil.which("java") is None:
+        return Check(name, False, "skipped: java not on PATH", needed_for)
+    started = time.monotonic()
+    try:
+        with MeteorScorer(timeout_s=180) as meteor:
+            score = meteor.score(["a red circle"], [["a red circle"]]).corpus
+    except (RuntimeError, OSError) as error:
+        return Check(name, False, " | ".join(str(error).splitlines()[:6]), needed_for)
+    detail = f"identical pair scores {score:g} (expected 1) in {time.monotonic() - started:.1f} s"
+    return Check(name, score == 1.0, detail, needed_for)
 
 
 def _package(name: str, needed_for: str) -> Check:
