@@ -112,6 +112,8 @@ def load_coco_instances(path: Path, key: str | None = None) -> CocoInstances:
         where = f"categories[{index}]"
         category = CocoCategory(id=_int(item, "id", path, where), name=_str(item, "name", path, where),
                                 supercategory=str(item.get("supercategory", "")))
+        if category.id in categories:
+            raise DataError(f"{path}, {where}: category id {category.id} appears twice")
         categories[category.id] = category
     annotations: list[CocoAnnotation] = []
     seen: set[int] = set()
@@ -140,17 +142,31 @@ def _annotation(item: Any, path: Path, where: str) -> CocoAnnotation:
     if bbox[2] <= 0 or bbox[3] <= 0:
         raise DataError(f"{path}, {where}: bbox {bbox} has no area (width and height must be positive)")
     segmentation = item.get("segmentation") or None
-    if segmentation is not None and not isinstance(segmentation, (list, dict)):
-        raise DataError(f"{path}, {where}: 'segmentation' must be polygons or an RLE object")
+    if segmentation is not None and not _mask_shaped(segmentation):
+        raise DataError(f"{path}, {where}: 'segmentation' must be a list of polygons (lists of numbers) or an "
+                        "RLE object with 'size' and 'counts'")
     area = item.get("area", bbox[2] * bbox[3])
-    if not _finite(area):
-        raise DataError(f"{path}, {where}: 'area' must be a finite number")
+    if not _finite(area) or area < 0:
+        raise DataError(f"{path}, {where}: 'area' must be a finite, non-negative number")
+    iscrowd = item.get("iscrowd", 0)
+    if iscrowd not in (0, 1) or isinstance(iscrowd, float):
+        raise DataError(f"{path}, {where}: 'iscrowd' must be 0 or 1, got {iscrowd!r}")
     return CocoAnnotation(
         id=annotation_id, image_id=_int(item, "image_id", path, where),
         category_id=_int(item, "category_id", path, where),
         bbox=(float(bbox[0]), float(bbox[1]), float(bbox[2]), float(bbox[3])),
-        area=float(area), iscrowd=bool(item.get("iscrowd", 0)), segmentation=segmentation,
+        area=float(area), iscrowd=bool(iscrowd), segmentation=segmentation,
     )
+
+
+def _mask_shaped(segmentation: Any) -> bool:
+    """The COCO segmentation shapes; whether a mask decodes on its image is checked when it is used
+    (real files hold a few degenerate polygons that only mask-taking models would ever see)."""
+    if isinstance(segmentation, list):
+        return all(isinstance(p, list) and all(_finite(v) for v in p) for p in segmentation)
+    if isinstance(segmentation, dict):
+        return isinstance(segmentation.get("counts"), (str, list)) and isinstance(segmentation.get("size"), list)
+    return False
 
 
 def _finite(value: Any) -> bool:
