@@ -1,3 +1,3 @@
 """Built-in tasks; importing this package registers them."""
 
-from tasks import pope  # noqa: F401
+from tasks import captioning, coco_cls, pope, rec  # noqa: F401
