@@ -23,6 +23,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from bench.errors import ConfigError
+from bench.regions import Region
 from bench.types import GenerationRequest, LoglikelihoodRequest
 
 
@@ -39,6 +41,29 @@ class Capabilities:
     max_regions: int | None = None
     loglikelihood: bool = False
     needs_images: bool = True
+
+    def adapt(self, regions: Sequence[Region]) -> tuple[Region, ...]:
+        """Regions as this model takes them, so no task special-cases region formats.
+
+        Box-only models get the boxes (masks dropped); mask-taking models get
+        box and mask, and a mask-only model gets a box without a mask as a
+        rectangular polygon. Every task region is validated, so it has a box.
+        """
+        if not (self.boxes or self.masks):
+            raise ConfigError("the model takes neither boxes nor masks, so it cannot be asked about regions")
+        if self.max_regions is not None and len(regions) > self.max_regions:
+            raise ConfigError(f"{len(regions)} regions in one query, but the model takes at most {self.max_regions}")
+        if not self.masks:
+            return tuple(Region(box=r.box) for r in regions)
+        if self.boxes:
+            return tuple(regions)
+        return tuple(r if r.mask is not None else _rectangle(r) for r in regions)
+
+
+def _rectangle(region: Region) -> Region:
+    assert region.box is not None
+    x1, y1, x2, y2 = region.box
+    return Region(box=region.box, mask=[[x1, y1, x2, y1, x2, y2, x1, y2]])
 
 
 class Adapter(ABC):

@@ -51,13 +51,6 @@ def caption_from_output(output: str) -> str:
     return lines[0].strip() if lines else ""
 
 
-def regions_for(regions: Sequence[Region], capabilities: Capabilities) -> tuple[Region, ...]:
-    """Drop masks for adapters that take boxes only (every validated region has a box)."""
-    if capabilities.masks:
-        return tuple(regions)
-    return tuple(Region(box=r.box) for r in regions)
-
-
 class CaptionTask(Task):
     """Shared request building, parsing and corpus-level scoring of the captioning tasks."""
 
@@ -66,7 +59,7 @@ class CaptionTask(Task):
 
     def build_requests(self, sample: Sample, capabilities: Capabilities) -> list[Request]:
         return [GenerationRequest(sample=sample, prompt=sample.prompt,
-                                  regions=regions_for(sample.regions, capabilities), max_new_tokens=MAX_NEW_TOKENS)]
+                                  regions=capabilities.adapt(sample.regions), max_new_tokens=MAX_NEW_TOKENS)]
 
     def process(self, sample: Sample, outputs: Sequence[Output]) -> Processed:
         # Caption metrics are corpus-level (CIDEr's idf), so there is no per-sample score.

@@ -41,7 +41,7 @@ from typing import Any
 from bench.adapter import Capabilities
 from bench.data.coco import CocoAnnotation, CocoInstances, load_coco_instances
 from bench.data.layout import dataset_path
-from bench.errors import ConfigError, DataError, RegionError
+from bench.errors import DataError, RegionError
 from bench.metrics.coco import (
     AP_KEYS,
     COCO_80,
@@ -158,13 +158,10 @@ class CocoClassification(Task):
         return requests
 
     def _region_for(self, sample: Sample, capabilities: Capabilities) -> Region:
-        """Box and mask for mask-taking adapters, else the box alone (the mask decoded only when used)."""
-        if not (capabilities.boxes or capabilities.masks) or capabilities.max_regions == 0:
-            raise ConfigError(f"task {self.name!r} gives one box or mask per query; this model takes neither")
-        region = sample.regions[0]
-        if not capabilities.masks or region.mask is None:
-            return Region(box=region.box)
-        if sample.image.size is None:
+        """The region as the model takes it; a mask it will receive is decoded once here, so a
+        degenerate polygon (a few exist in COCO) fails with its file and annotation, not inside the model."""
+        (region,) = capabilities.adapt(sample.regions)
+        if region.mask is None or sample.image.size is None:
             return region
         try:
             return region.validated(*sample.image.size)

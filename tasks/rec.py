@@ -194,7 +194,7 @@ class RefCOCOgREC(Task):
                 "(candidates are never truncated silently: that would change the task)"
             )
         return [GenerationRequest(
-            sample=sample, prompt=sample.prompt, regions=_for_model(sample.regions, capabilities),
+            sample=sample, prompt=sample.prompt, regions=capabilities.adapt(sample.regions),
             max_new_tokens=self.max_new_tokens, choices=tuple(choice_label(k) for k in range(1, n + 1)),
         )]
 
@@ -212,17 +212,3 @@ class RefCOCOgREC(Task):
             "unparseable": sum(r["parsed"] is None for r in records) / n,
             "gt_added": sum(bool(r["metadata"]["gt_added"]) for r in records) / n,
         }
-
-
-def _for_model(regions: tuple[Region, ...], capabilities: Capabilities) -> tuple[Region, ...]:
-    """Box regions as they are; for a mask-only model, each box as a rectangular polygon mask."""
-    if capabilities.boxes:
-        return regions
-    if not capabilities.masks:
-        raise ConfigError("the model takes neither boxes nor masks; REC candidates are regions")
-    rectangles = []
-    for region in regions:
-        assert region.box is not None
-        x1, y1, x2, y2 = region.box
-        rectangles.append(Region(box=region.box, mask=[[x1, y1, x2, y1, x2, y2, x1, y2]]))
-    return tuple(rectangles)
