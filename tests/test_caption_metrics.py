@@ -297,3 +297,16 @@ def test_silent_jvm_times_out_and_is_killed(tmp_path: Path) -> None:
 def test_missing_java_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(MeteorError, match="cannot start METEOR"), MeteorScorer(java=str(tmp_path / "no-java")):
         pass
+
+
+@needs_java
+def test_default_session_is_one_jvm_per_process() -> None:
+    """Caption tasks in one run share one METEOR JVM (its paraphrase table loads once)."""
+    from bench.metrics.meteor import shared_scorer
+
+    assert shared_scorer() is shared_scorer()
+    first = caption_metrics({"a": "a red circle", "b": "a blue square"}, {"a": ["a red circle"], "b": ["a square"]})
+    process = shared_scorer()._process
+    assert process is not None and process.poll() is None
+    second = caption_metrics({"a": "a red circle", "b": "a blue square"}, {"a": ["a red circle"], "b": ["a square"]})
+    assert shared_scorer()._process is process and second == first

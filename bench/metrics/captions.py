@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from bench.metrics.meteor import MeteorScorer
+from bench.metrics.meteor import MeteorScorer, shared_scorer
 
 METRIC_KEYS = ("meteor", "cider", "bleu4", "rouge_l")
 
@@ -41,14 +41,11 @@ def caption_metrics(
     reference (ValueError naming the id); references of other ids are ignored.
     Empty candidates are scored (as zero matches), not rejected.
 
-    ``meteor``: an already open :class:`MeteorScorer` to reuse its JVM across
-    several splits; by default one JVM is started and stopped for this call.
+    ``meteor``: the METEOR session to use; by default the process-wide one
+    (:func:`~bench.metrics.meteor.shared_scorer`: one JVM per run).
     """
     ids = check_split(candidates, references)
-    if meteor is not None:
-        return _score_split(ids, candidates, references, meteor)
-    with MeteorScorer() as own_meteor:
-        return _score_split(ids, candidates, references, own_meteor)
+    return _score_split(ids, candidates, references, meteor if meteor is not None else shared_scorer())
 
 
 def check_split(candidates: Mapping[str, str], references: Mapping[str, Sequence[str]]) -> list[str]:

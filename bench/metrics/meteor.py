@@ -24,6 +24,7 @@ read N per-segment scores followed by one corpus score (the number reported).
 
 from __future__ import annotations
 
+import atexit
 import importlib.util
 import os
 import selectors
@@ -267,6 +268,24 @@ class MeteorScorer:
             return ""
         self._stderr.seek(0)
         return self._stderr.read().decode("utf-8", errors="replace").strip()[-4000:]
+
+
+_SHARED: MeteorScorer | None = None
+
+
+def shared_scorer() -> MeteorScorer:
+    """The process's METEOR session: one JVM per ``bench run``, however many caption tasks it has.
+
+    Loading METEOR's paraphrase table is the slow part (15-20 s on 2 cores), so
+    tasks share one JVM. It starts on first use and is stopped at interpreter
+    exit; after a Java error the session is closed and the next call starts a
+    fresh JVM (see :meth:`MeteorScorer.score`).
+    """
+    global _SHARED
+    if _SHARED is None:
+        _SHARED = MeteorScorer()
+        atexit.register(_SHARED.close)
+    return _SHARED
 
 
 def _stop(process: subprocess.Popen[bytes], grace_s: float) -> None:
