@@ -27,6 +27,8 @@ app = typer.Typer(
 )
 data_app = typer.Typer(help="Dataset utilities.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+train_app = typer.Typer(help="Train reference models.", no_args_is_help=True)
+app.add_typer(train_app, name="train")
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -139,6 +141,46 @@ def score(
     if output is not None:
         write_json_atomic(output, {"results": results, "n_samples": n_samples, "source": str(path)})
         typer.echo(f"saved {output}")
+
+
+@app.command("inspect")
+@user_errors
+def inspect_(
+    model: Annotated[str, typer.Option("--model", "-m", help="Adapter name (see `bench list models`).")],
+    model_args: Annotated[Optional[str], typer.Option(help="Adapter arguments: k=v,k2=v2 (e.g. size=full).")] = None,
+) -> None:
+    """Show a model's modules, parameter counts and state_dict keys, built on the meta device (no weights)."""
+    from bench.inspect_model import inspect_model
+
+    typer.echo(inspect_model(model, registry.parse_model_args(model_args)))
+
+
+@train_app.command("rgpt")
+@user_errors
+def train_rgpt(
+    out: Annotated[Path, typer.Option(help="Checkpoint directory (re-running the same command resumes).")] = Path(
+        "checkpoints/rgpt-tiny"),
+    data_root: Annotated[Optional[Path], typer.Option(
+        help="Data root whose train split is used; default: the embedded synthetic suite.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed (data order, initialisation).")] = 0,
+    stage1_steps: Annotated[Optional[int], typer.Option(help="Stage 1 steps (refinement + connector).")] = None,
+    stage2_steps: Annotated[Optional[int], typer.Option(help="Stage 2 steps (+ LLM).")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Conversations per step.")] = None,
+    image_size: Annotated[Optional[int], typer.Option(help="Input resolution of the tiny model.")] = None,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar with the loss.")] = True,
+) -> None:
+    """Train the tiny RGPT with the paper's two stages on the training split."""
+    import dataclasses
+
+    from adapters.rgpt.train import Recipe, train_tiny_rgpt
+    from bench.evaluate import resolve_data_root
+
+    overrides = {"seed": seed, "stage1_steps": stage1_steps, "stage2_steps": stage2_steps,
+                 "batch_size": batch_size, "image_size": image_size}
+    recipe = dataclasses.replace(Recipe(), **{k: v for k, v in overrides.items() if v is not None})
+    root = train_tiny_rgpt(resolve_data_root(data_root), out, recipe, progress=progress)
+    typer.echo(f"saved the tiny RGPT checkpoint to {root}; evaluate it with "
+               f"bench run --model rgpt --model-args pretrained={root} --task coco-cls")
 
 
 @data_app.command("synth")

@@ -93,7 +93,9 @@ def build_questions(
     if variant not in VARIANTS:
         raise ValueError(f"unknown POPE variant {variant!r}; expected one of {VARIANTS}")
     images = qualifying(images)
-    vocabulary = sorted({n for im in images for n in im.objects}, key=lambda n: category_order[n])
+    # Random negatives come from the dataset's whole category list (for COCO every one of the 80
+    # occurs anyway); a small suite may not show every category, and must still find negatives.
+    vocabulary = sorted(category_order, key=lambda n: category_order[n])
     popular = object_frequencies(images, category_order)
     partners = co_occurrence(images, category_order)
     questions: list[dict[str, object]] = []
