@@ -408,3 +408,57 @@ def test_full_style_loading_from_separate_tower_and_llm_directories(model, proce
     adapter = RGPTAdapter(size="full", pretrained=tmp_path / "ckpt", vision_tower=tmp_path / "clip",
                           llm=tmp_path / "llm")
     assert adapter.model.config.image_token_id == model.config.image_token_id
+
+
+def test_precomputed_vision_grid_gives_the_same_logits_as_pixels(model, processor) -> None:
+    """Training feeds the frozen tower's grid once per image; the numbers must equal the pixel path."""
+    input_ids, attention, pixels, masks = _inputs(processor, ["What is <region1>?", "Is <region1> left of <region2>?"],
+                                                  [[BOX_A], [BOX_A, BOX_B]])
+    with torch.no_grad():
+        from_pixels = model(input_ids, attention, pixel_values=pixels, region_masks=masks).logits
+        grid = model.vision_grid(pixels)
+        from_grid = model(input_ids, attention, vision_grid=grid, region_masks=masks).logits
+    assert grid.shape == (2, model.config.vision_hidden_size, model.config.patch_grid, model.config.patch_grid)
+    assert torch.allclose(from_pixels, from_grid)
+
+
+def test_cached_training_batches_equal_the_processor_path(processor, model) -> None:
+    from adapters.rgpt.modeling_rgpt import resize_masks
+    from adapters.rgpt.train import CachedCollate
+    from bench.training import Conversation
+    from bench.types import ImageRef
+
+    image = _image()
+    ref = ImageRef(key="img")
+    conversation = Conversation(ref, (BOX_A, BOX_B), (("Is <region2> left of <region1>?", "Yes"),), "relation")
+    grid = model.vision_grid(processor.image(image)[None])[0]
+    collate = CachedCollate(processor, {"img": grid}, {"img": (image.width, image.height)},
+                            model.config.refined_grid)
+    cached = collate([conversation, conversation])
+    plain = processor.collate([processor.training_example(image, conversation.regions, conversation.turns)] * 2)
+    assert torch.equal(cached["input_ids"], plain["input_ids"]) and torch.equal(cached["labels"], plain["labels"])
+    expected = resize_masks(plain["region_masks"][0], model.config.refined_grid)
+    assert torch.allclose(cached["region_masks"][0], expected, atol=1e-3)  # kept in half precision
+    assert torch.equal(cached["vision_grid"][1], grid)
+    with torch.no_grad():
+        a = model(**{k: v for k, v in cached.items()}).loss
+        b = model(**plain).loss
+    assert torch.allclose(a, b, atol=1e-3)
+
+
+def test_batched_mask_pooling_equals_row_by_row() -> None:
+    from adapters.rgpt.modeling_rgpt import batched_mask_pool
+
+    torch.manual_seed(0)
+    features = torch.randn(3, 5, 8, 8, requires_grad=True)
+    masks = [torch.rand(2, 32, 32), torch.rand(0, 32, 32), torch.rand(4, 32, 32)]
+    batched = batched_mask_pool(features, masks)
+    assert [tuple(b.shape) for b in batched] == [(2, 5), (0, 5), (4, 5)]
+    for row, row_masks in enumerate(masks):
+        assert torch.allclose(batched[row], mask_pool(features[row], row_masks), atol=1e-6)
+    # Gradients flow to the features exactly as in the per-row form.
+    torch.cat(batched).sum().backward()
+    grad = features.grad.clone()
+    features.grad = None
+    torch.cat([mask_pool(features[i], m) for i, m in enumerate(masks)]).sum().backward()
+    assert torch.allclose(grad, features.grad, atol=1e-6)

@@ -83,6 +83,13 @@ class RGPTConnector(nn.Sequential):
         super().__init__(nn.Linear(vision_hidden, text_hidden), nn.GELU(), nn.Linear(text_hidden, text_hidden))
 
 
+def resize_masks(masks: torch.Tensor, side: int) -> torch.Tensor:
+    """Masks [n, H, W] resized bilinearly (soft, no threshold) to the refined map's ``side`` x ``side``."""
+    if masks.shape[-2:] == (side, side):
+        return masks
+    return F.interpolate(masks[:, None].float(), size=(side, side), mode="bilinear", align_corners=False)[:, 0]
+
+
 def mask_pool(features: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     """Mask Pooling: the soft average of ``features`` [C, h, w] inside each of ``masks`` [n, H, W].
 
@@ -91,14 +98,33 @@ def mask_pool(features: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     """
     if masks.numel() == 0:
         return features.new_zeros((0, features.shape[0]))
-    h, w = features.shape[-2:]
-    masks = masks.to(device=features.device, dtype=torch.float32)
-    if masks.shape[-2:] != (h, w):
-        masks = F.interpolate(masks[:, None], size=(h, w), mode="bilinear", align_corners=False)[:, 0]
+    masks = resize_masks(masks.to(device=features.device, dtype=torch.float32), features.shape[-1])
     flat = features.float().flatten(1)  # [C, h*w]
     weights = masks.flatten(1)  # [n, h*w]
     pooled = weights @ flat.T / (weights.sum(-1, keepdim=True) + 1e-8)
     return pooled.to(features.dtype)
+
+
+def batched_mask_pool(features: torch.Tensor, masks: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """:func:`mask_pool` for a batch: ``features`` [B, C, h, w], ``masks[i]`` [n_i, H, W] -> [n_i, C] each.
+
+    One batched matmul over masks padded to the longest row. Same numbers as calling
+    :func:`mask_pool` row by row, but its backward does not materialise a zero-filled copy
+    of the whole refined batch per row (``features[i]``), which made that loop the slowest
+    part of a tiny training step.
+    """
+    counts = [len(m) for m in masks]
+    width = max(counts, default=0)
+    batch, channels, side = features.shape[0], features.shape[1], features.shape[-1]
+    if width == 0:
+        return [features.new_zeros((0, channels)) for _ in masks]
+    weights = torch.zeros((batch, width, side * side), device=features.device, dtype=torch.float32)
+    for row, row_masks in enumerate(masks):
+        if len(row_masks):
+            weights[row, :len(row_masks)] = resize_masks(row_masks.to(features.device, torch.float32), side).flatten(1)
+    flat = features.float().flatten(2).transpose(1, 2)  # [B, h*w, C]
+    pooled = torch.bmm(weights, flat) / (weights.sum(-1, keepdim=True) + 1e-8)
+    return [pooled[row, :n].to(features.dtype) for row, n in enumerate(counts)]
 
 
 # --------------------------------------------------------------------------- the model
@@ -151,16 +177,28 @@ class RGPTForCausalLM(nn.Module):
 
     # ------------------------------------------------------------------ vision side
 
-    def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """CLIP -> selected hidden state without CLS -> grid -> refinement: [B, C, 4g, 4g]."""
+    def vision_grid(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Frozen CLIP -> selected hidden state without CLS -> patch grid: [B, C, g, g].
+
+        The tower is frozen in both stages, so training code may compute this once per
+        image and pass it back as ``vision_grid=`` instead of ``pixel_values``.
+        """
         pixel_values = pixel_values.to(device=self.device, dtype=self.vision_tower.dtype)
         with torch.no_grad():  # the tower is frozen; no graph through it
             out = self.vision_tower(pixel_values=pixel_values, output_hidden_states=True)
         patches = out.hidden_states[self.config.vision_select_layer][:, 1:]
         b, n, c = patches.shape
         g = math.isqrt(n)
-        grid = patches.transpose(1, 2).reshape(b, c, g, g).to(self.dtype)
-        return self.refinement(grid)
+        return patches.transpose(1, 2).reshape(b, c, g, g)
+
+    def encode_images(self, pixel_values: torch.Tensor | None = None,
+                      vision_grid: torch.Tensor | None = None) -> torch.Tensor:
+        """CLIP patch grid (computed, or given) -> refinement: [B, C, 4g, 4g]."""
+        if vision_grid is None:
+            if pixel_values is None:
+                raise ValueError("encode_images needs pixel_values or vision_grid")
+            vision_grid = self.vision_grid(pixel_values)
+        return self.refinement(vision_grid.to(device=self.device, dtype=self.dtype))
 
     def image_tokens(self, refined: torch.Tensor) -> torch.Tensor:
         """Adaptive average pooling to ``image_token_grid`` then the connector: [B, T, D]."""
@@ -202,17 +240,20 @@ class RGPTForCausalLM(nn.Module):
 
     def multimodal_embeds(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None = None,
                           region_masks: Sequence[torch.Tensor] | None = None,
-                          refined: torch.Tensor | None = None) -> torch.Tensor:
-        """``inputs_embeds`` for a batch: encode images (or take precomputed ``refined`` maps,
-        one per row), pool the regions of each row, substitute both into the token embeddings."""
-        if refined is None and pixel_values is not None:
-            refined = self.encode_images(pixel_values)
+                          refined: torch.Tensor | None = None,
+                          vision_grid: torch.Tensor | None = None) -> torch.Tensor:
+        """``inputs_embeds`` for a batch: encode images (or take precomputed CLIP grids or
+        ``refined`` maps, one per row), pool the regions of each row, substitute both into
+        the token embeddings."""
+        if refined is None and (pixel_values is not None or vision_grid is not None):
+            refined = self.encode_images(pixel_values, vision_grid)
         image_embeds = self.image_tokens(refined) if refined is not None else None
         region_embeds = None
         if region_masks is not None:
             if refined is None:
                 raise ValueError("region masks need an image")
-            region_embeds = [self.region_tokens(refined[i], m) for i, m in enumerate(region_masks)]
+            pooled = batched_mask_pool(refined, region_masks)  # = region_tokens row by row, batched
+            region_embeds = list(self.connector(torch.cat(pooled)).split([len(p) for p in pooled]))
         return self.embed_inputs(input_ids.to(self.device), image_embeds, region_embeds)
 
     # ------------------------------------------------------------------ forward
@@ -220,10 +261,10 @@ class RGPTForCausalLM(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 pixel_values: torch.Tensor | None = None, region_masks: Sequence[torch.Tensor] | None = None,
                 labels: torch.Tensor | None = None, refined: torch.Tensor | None = None,
-                **kwargs: Any) -> CausalLMOutputWithPast:
+                vision_grid: torch.Tensor | None = None, **kwargs: Any) -> CausalLMOutputWithPast:
         """Logits for every position; with ``labels`` (-100 outside the answers) also the mean
         next-token cross-entropy over the labelled tokens."""
-        embeds = self.multimodal_embeds(input_ids, pixel_values, region_masks, refined)
+        embeds = self.multimodal_embeds(input_ids, pixel_values, region_masks, refined, vision_grid)
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         attention_mask = attention_mask.to(self.device)

@@ -226,13 +226,13 @@ class RGPTProcessor:
 
     # ------------------------------------------------------------------ training
 
-    def training_example(self, image: Any, regions: Sequence[Any],
-                         turns: Sequence[tuple[str, str]]) -> dict[str, torch.Tensor]:
-        """One training example from a PIL image, its regions and (user, assistant) turns.
+    def training_tokens(self, turns: Sequence[tuple[str, str]],
+                        n_regions: int) -> tuple[list[int], list[int], list[int]]:
+        """Ids, labels and region order of (user, assistant) ``turns`` about ``n_regions`` regions.
 
-        Placeholders ``<regionN>`` may appear in any user turn. Returns ``input_ids`` [L],
-        ``labels`` [L] (answer tokens and each answer's ``</s>``; -100 elsewhere),
-        ``pixel_values`` [3, S, S] and ``region_masks`` [k, S, S] (k = placeholders, in order).
+        Placeholders ``<regionN>`` may appear in any user turn. Labels are the answer tokens and
+        each answer's ``</s>``; -100 elsewhere. The order lists, per ``<region>`` token, the
+        0-based region it takes.
         """
         if not turns:
             raise ValueError("a training example needs at least one (user, assistant) turn")
@@ -241,13 +241,23 @@ class RGPTProcessor:
         order: list[int] = []
         for index, (user, answer) in enumerate(turns):
             found = [int(m.group(1)) - 1 for m in PLACEHOLDER.finditer(user)]
-            if any(i < 0 or i >= len(regions) for i in found):
-                raise ValueError(f"turn {index + 1} names a region beyond the {len(regions)} given: {user!r}")
+            if any(i < 0 or i >= n_regions for i in found):
+                raise ValueError(f"turn {index + 1} names a region beyond the {n_regions} given: {user!r}")
             order.extend(found)
             prompt_ids = self._encode(user_turn(PLACEHOLDER.sub(REGION_TOKEN, user), first=index == 0))
             answer_ids = [*self.encode_answer(answer), self.config.eos_token_id]
             ids += prompt_ids + answer_ids
             labels += [IGNORE_INDEX] * len(prompt_ids) + answer_ids
+        return ids, labels, order
+
+    def training_example(self, image: Any, regions: Sequence[Any],
+                         turns: Sequence[tuple[str, str]]) -> dict[str, torch.Tensor]:
+        """One training example from a PIL image, its regions and (user, assistant) turns.
+
+        Returns ``input_ids`` [L], ``labels`` [L] (see :meth:`training_tokens`),
+        ``pixel_values`` [3, S, S] and ``region_masks`` [k, S, S] (k = placeholders, in order).
+        """
+        ids, labels, order = self.training_tokens(turns, len(regions))
         masks = self.masks(regions, image.width, image.height)
         return {
             "input_ids": torch.tensor(ids),
@@ -274,11 +284,13 @@ class RGPTProcessor:
         return ids, mask
 
     def collate(self, examples: Sequence[dict[str, torch.Tensor]], side: str = "right") -> dict[str, Any]:
-        """Batch training examples: padded ids/labels/attention mask, stacked pixels, mask list."""
+        """Batch training examples: padded ids/labels/attention mask, stacked pixels (or vision grids),
+        mask list."""
         ids, attention = self.pad([e["input_ids"].tolist() for e in examples], side)
         labels, _ = self.pad([e["labels"].tolist() for e in examples], side, value=IGNORE_INDEX)
-        return {
-            "input_ids": ids, "attention_mask": attention, "labels": labels,
-            "pixel_values": torch.stack([e["pixel_values"] for e in examples]),
-            "region_masks": [e["region_masks"] for e in examples],
-        }
+        batch = {"input_ids": ids, "attention_mask": attention, "labels": labels,
+                 "region_masks": [e["region_masks"] for e in examples]}
+        for key in ("pixel_values", "vision_grid"):  # pixels, or the frozen tower's precomputed grids
+            if all(key in e for e in examples):
+                batch[key] = torch.stack([e[key] for e in examples])
+        return batch
