@@ -161,24 +161,31 @@ def train_rgpt(
     out: Annotated[Path, typer.Option(help="Checkpoint directory (re-running the same command resumes).")] = Path(
         "checkpoints/rgpt-tiny"),
     data_root: Annotated[Optional[Path], typer.Option(
-        help="Data root whose train split is used; default: the embedded synthetic suite.")] = None,
+        help="Data root whose train split is used (a synthetic suite: stage 0 needs its object metadata); "
+             "default: a synthetic suite with --train-images training images.")] = None,
     seed: Annotated[int, typer.Option(help="Seed (data order, initialisation).")] = 0,
+    train_images: Annotated[Optional[int], typer.Option(
+        help="Training images of the default synthetic training suite.")] = None,
+    vision_steps: Annotated[Optional[int], typer.Option(
+        help="Stage 0 steps (the tiny vision tower's stand-in for CLIP pre-training).")] = None,
     stage1_steps: Annotated[Optional[int], typer.Option(help="Stage 1 steps (refinement + connector).")] = None,
     stage2_steps: Annotated[Optional[int], typer.Option(help="Stage 2 steps (+ LLM).")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Conversations per step.")] = None,
     image_size: Annotated[Optional[int], typer.Option(help="Input resolution of the tiny model.")] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar with the loss.")] = True,
 ) -> None:
-    """Train the tiny RGPT with the paper's two stages on the training split."""
+    """Train the tiny RGPT: stage 0 (tiny vision tower), then the paper's two stages."""
     import dataclasses
 
     from adapters.rgpt.train import Recipe, train_tiny_rgpt
     from bench.evaluate import resolve_data_root
 
     overrides = {"seed": seed, "stage1_steps": stage1_steps, "stage2_steps": stage2_steps,
-                 "batch_size": batch_size, "image_size": image_size}
+                 "batch_size": batch_size, "image_size": image_size, "train_images": train_images,
+                 "vision_steps": vision_steps}
     recipe = dataclasses.replace(Recipe(), **{k: v for k, v in overrides.items() if v is not None})
-    root = train_tiny_rgpt(resolve_data_root(data_root), out, recipe, progress=progress)
+    root = train_tiny_rgpt(resolve_data_root(data_root) if data_root is not None else None, out, recipe,
+                           progress=progress)
     typer.echo(f"saved the tiny RGPT checkpoint to {root}; evaluate it with "
                f"bench run --model rgpt --model-args pretrained={root} --task coco-cls")
 

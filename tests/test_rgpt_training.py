@@ -19,14 +19,19 @@ def small_suite(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_train_then_evaluate_tiny_rgpt(small_suite: Path, tmp_path: Path) -> None:
     out = tmp_path / "ckpt"
-    args = ["train", "rgpt", "--out", str(out), "--data-root", str(small_suite), "--stage1-steps", "2",
-            "--stage2-steps", "3", "--batch-size", "4", "--image-size", "64", "--no-progress"]
+    args = ["train", "rgpt", "--out", str(out), "--data-root", str(small_suite), "--vision-steps", "2",
+            "--stage1-steps", "2", "--stage2-steps", "3", "--batch-size", "4", "--image-size", "64", "--no-progress"]
     trained = run_bench(*args)
     assert trained.returncode == 0, trained.stderr
     log = json.loads((out / "log.json").read_text())
     assert [(r["stage"], r["step"]) for r in log] == [("stage1", 1), ("stage1", 2), ("stage2", 1), ("stage2", 2),
                                                       ("stage2", 3)]
+    vision_log = json.loads((out / "vision" / "log.json").read_text())
+    assert [r["step"] for r in vision_log["log"]] == [1, 2]
     weights = load_file(str(out / "model.safetensors"))
+    tower = load_file(str(out / "vision" / "tower.safetensors"))
+    # The tower is frozen after stage 0: the checkpoint holds exactly the pre-trained tower.
+    assert all((weights[f"vision_tower.{k}"] == v).all() for k, v in tower.items())
     assert any(k.startswith("llm.") for k in weights) and any(k.startswith("connector.") for k in weights)
     recipe = json.loads((out / "recipe.json").read_text())
     assert recipe["recipe"]["stage2_steps"] == 3 and set(recipe["conversations"]) == {

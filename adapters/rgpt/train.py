@@ -1,22 +1,35 @@
 """Training recipe for RGPT: the paper's two stages on the synthetic suite (or real conversations).
 
 Stage 1 trains the refinement and the connector with CLIP and the LLM frozen;
-stage 2 adds the LLM. The loss is on answer tokens only (the processor's labels).
+stage 2 adds the LLM. CLIP stays frozen throughout; the loss is on answer
+tokens only (the processor's labels).
 
-One deviation at tiny size, on purpose: there is no pretrained tiny CLIP to
-load offline, so a frozen tower would be a frozen *random* one. The tiny
-recipe therefore also trains the vision tower in stage 2. The full-size recipe
-keeps CLIP frozen, as the paper does.
+At tiny size there is no pretrained tiny CLIP to load offline, and a frozen
+*random* tower leaves the model at chance. So a "stage 0"
+(:mod:`bench.training.vision`) first trains the tiny tower on the training
+split's ground truth, as a stand-in for CLIP's own pre-training; then the
+tower is frozen and stages 1 and 2 run as in the paper. Because the tower is
+frozen, its patch grid is computed once per training image and reused by
+every step (``vision_grid=``): the same numbers as running the tower each
+step, at a fraction of the cost.
 
-Data are the conversations of :mod:`bench.training.conversations`, built from
-the suite's training split with the evaluation prompts verbatim; the tiny
-word-level tokenizer is built from their text.
+Data: by default a synthetic suite with ``Recipe.train_images`` training
+images (its val/test images are the default suite's: splits are seeded
+independently), turned into conversations by
+:mod:`bench.training.conversations` with the evaluation prompts verbatim.
+The tiny word-level tokenizer is built from their text.
+
+Layout of ``out_dir``: ``config.json``, ``model.safetensors``,
+``tokenizer.json`` (+ tokenizer config), ``recipe.json``, ``vision/``
+(the pre-trained tower and its log), ``log.json`` and ``resume/`` (the
+trainer's). Re-running the same call resumes.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -24,6 +37,10 @@ from typing import Any
 import torch
 
 from bench.training import Conversation, Stage, all_texts, build_conversations, kind_counts, mix, train
+from bench.training.vision import VisionRecipe, build_vision_examples, init_sincos_positions, pretrain_vision_tower
+
+VISION_DIR = "vision"
+TOWER_FILE = "tower.safetensors"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,6 +49,9 @@ class Recipe:
 
     seed: int = 0
     image_size: int = 128          # tiny: 128 px, patch 8 -> 16x16 grid, refined to 64x64
+    train_images: int = 2000       # synthetic training images when no data root is given
+    vision_steps: int = 1500       # stage 0: the tiny tower's stand-in for CLIP pre-training
+    vision_lr: float = 1e-3
     stage1_steps: int = 300
     stage2_steps: int = 3000
     batch_size: int = 32
@@ -40,48 +60,91 @@ class Recipe:
     warmup_steps: int = 100
     # Conversations per kind after re-weighting (REC and relations are the hardest).
     mix: tuple[tuple[str, int], ...] = (
-        ("classification", 3000), ("caption", 3000), ("relation", 2000), ("rec", 5000), ("pope", 3000),
+        ("classification", 12000), ("caption", 12000), ("relation", 6000), ("rec", 20000), ("pope", 12000),
     )
 
 
-def stages(recipe: Recipe, train_vision: bool) -> list[Stage]:
-    stage2 = ("refinement.", "connector.", "llm.") + (("vision_tower.",) if train_vision else ())
+def stages(recipe: Recipe) -> list[Stage]:
+    """The paper's two stages: (1) refinement + connector; (2) + the LLM. CLIP is never trained here."""
     return [
         Stage("stage1", ("refinement.", "connector."), recipe.stage1_steps, recipe.stage1_lr, recipe.batch_size,
               warmup_steps=min(recipe.warmup_steps, recipe.stage1_steps // 2)),
-        Stage("stage2", stage2, recipe.stage2_steps, recipe.stage2_lr, recipe.batch_size,
-              warmup_steps=recipe.warmup_steps, weight_decay=0.01),
+        Stage("stage2", ("refinement.", "connector.", "llm."), recipe.stage2_steps, recipe.stage2_lr,
+              recipe.batch_size, warmup_steps=min(recipe.warmup_steps, recipe.stage2_steps // 2),
+              weight_decay=0.01),
     ]
 
 
-class _Collate:
-    """Turns conversations into padded tensors; each image is read from disk once."""
+class CachedCollate:
+    """Turns conversations into padded tensors from the frozen tower's precomputed grids.
 
-    def __init__(self, processor: Any) -> None:
+    Each conversation is tokenized and its region masks are decoded and resized to the
+    refined map (what Mask Pooling would do) once, the first time it is drawn; masks are
+    kept in half precision, as soft masks in [0, 1] lose nothing that matters there.
+    """
+
+    def __init__(self, processor: Any, grids: dict[str, torch.Tensor], sizes: dict[str, tuple[int, int]],
+                 refined_side: int) -> None:
         self.processor = processor
-        self._images: dict[str, Any] = {}
+        self.grids = grids
+        self.sizes = sizes
+        self.refined_side = refined_side
+        self._examples: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+
+    def example(self, conversation: Conversation) -> dict[str, torch.Tensor]:
+        from adapters.rgpt.modeling_rgpt import resize_masks
+
+        key = id(conversation)
+        if key not in self._examples:
+            ids, labels, order = self.processor.training_tokens(conversation.turns, len(conversation.regions))
+            width, height = self.sizes[conversation.image.key]
+            masks = self.processor.masks([conversation.regions[i] for i in order], width, height)
+            self._examples[key] = (torch.tensor(ids), torch.tensor(labels),
+                                   resize_masks(masks, self.refined_side).half())
+        ids, labels, masks = self._examples[key]
+        return {"input_ids": ids, "labels": labels, "region_masks": masks.float(),
+                "vision_grid": self.grids[conversation.image.key]}
 
     def __call__(self, conversations: list[Conversation]) -> dict[str, Any]:
-        examples = []
-        for conversation in conversations:
-            key = conversation.image.key
-            if key not in self._images:
-                self._images[key] = conversation.image.load()
-            examples.append(self.processor.training_example(self._images[key], conversation.regions,
-                                                            conversation.turns))
-        return self.processor.collate(examples)
+        return self.processor.collate([self.example(c) for c in conversations])
 
 
-def train_tiny_rgpt(data_root: Path, out_dir: Path, recipe: Recipe = Recipe(), progress: bool = True,
+@torch.no_grad()
+def precompute_grids(model: Any, processor: Any, images: dict[str, Any],
+                     batch_size: int = 64) -> tuple[dict[str, torch.Tensor], dict[str, tuple[int, int]]]:
+    """The frozen tower's patch grid [C, g, g] and the (width, height) of every image, by key."""
+    keys = sorted(images)
+    grids: dict[str, torch.Tensor] = {}
+    sizes: dict[str, tuple[int, int]] = {}
+    for start in range(0, len(keys), batch_size):
+        chunk = keys[start:start + batch_size]
+        loaded = [images[k].load() for k in chunk]
+        sizes.update((k, (image.width, image.height)) for k, image in zip(chunk, loaded, strict=True))
+        pixels = torch.stack([processor.image(image) for image in loaded])
+        for key, grid in zip(chunk, model.vision_grid(pixels), strict=True):
+            grids[key] = grid.clone()
+    return grids, sizes
+
+
+def training_suite(recipe: Recipe) -> Path:
+    """The synthetic suite the default recipe trains on (generated on first use)."""
+    from bench.synthetic import SuiteParams, default_suite_dir
+
+    return default_suite_dir(SuiteParams(n_train=recipe.train_images))
+
+
+def train_tiny_rgpt(data_root: Path | None, out_dir: Path, recipe: Recipe = Recipe(), progress: bool = True,
                     conversations: Sequence[Conversation] | None = None) -> Path:
-    """Train the tiny RGPT on ``data_root``'s training split; the checkpoint lands in ``out_dir``.
+    """Train the tiny RGPT on ``data_root``'s training split (default: :func:`training_suite`);
+    the checkpoint lands in ``out_dir``. Re-running the same call resumes after an interruption."""
+    from safetensors.torch import load_file, save_file
 
-    Re-running the same call resumes from ``out_dir/resume`` after an interruption.
-    """
     from adapters.rgpt.configuration_rgpt import RGPTConfig
     from adapters.rgpt.modeling_rgpt import RGPTForCausalLM
     from adapters.rgpt.processing_rgpt import RGPTProcessor, build_word_tokenizer, config_token_ids
 
+    started = time.time()
+    data_root = Path(data_root) if data_root is not None else training_suite(recipe)
     torch.manual_seed(recipe.seed)
     base = list(conversations) if conversations is not None else build_conversations(data_root, "train",
                                                                                        recipe.seed)
@@ -98,9 +161,34 @@ def train_tiny_rgpt(data_root: Path, out_dir: Path, recipe: Recipe = Recipe(), p
         "conversations": kind_counts(base), "examples": kind_counts(examples),
     }, indent=2) + "\n")
 
+    # Stage 0: the tiny tower's stand-in for CLIP pre-training, then frozen for good.
+    vision_dir = out_dir / VISION_DIR
+    tower_file = vision_dir / TOWER_FILE
+    if tower_file.is_file():
+        model.vision_tower.load_state_dict(load_file(str(tower_file)))
+    else:
+        vision_dir.mkdir(exist_ok=True)
+        init_sincos_positions(model.vision_tower)
+        vision_examples, names = build_vision_examples(
+            data_root, "train", processor.image, processor.masks, config.patch_grid)
+        pretrain_vision_tower(model.vision_tower, vision_examples, len(names), config.vision_select_layer,
+                              VisionRecipe(steps=recipe.vision_steps, lr=recipe.vision_lr, seed=recipe.seed,
+                                           batch_size=recipe.batch_size),
+                              progress=progress, log_path=vision_dir / "log.json")
+        del vision_examples
+        save_file({k: v.contiguous() for k, v in model.vision_tower.state_dict().items()}, str(tower_file))
+    model.vision_tower.requires_grad_(False)
+    model.vision_tower.eval()
+
+    images = {c.image.key: c.image for c in base}
+    grids, sizes = precompute_grids(model, processor, images)
+
     def save(trained: torch.nn.Module, directory: Path) -> None:
         trained.save_pretrained(directory, tokenizer=tokenizer)
 
-    train(model, examples, _Collate(processor), stages(recipe, train_vision=True), out_dir, seed=recipe.seed,
-          save_model=save, progress=progress)
+    train(model, examples, CachedCollate(processor, grids, sizes, config.refined_grid), stages(recipe), out_dir,
+          seed=recipe.seed, save_model=save, progress=progress)
+    timing = json.loads((out_dir / "recipe.json").read_text())
+    timing["seconds_last_call"] = round(time.time() - started, 1)
+    (out_dir / "recipe.json").write_text(json.dumps(timing, indent=2) + "\n")
     return out_dir

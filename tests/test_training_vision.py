@@ -1,0 +1,125 @@
+"""Stage 0 of the tiny models: the vision tower's stand-in for CLIP pre-training (bench.training.vision)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import CLIPVisionConfig, CLIPVisionModel
+
+from adapters.rgpt.processing_rgpt import preprocess_image, region_masks
+from bench.errors import DataError
+from bench.synthetic import SuiteParams, generate_suite
+from bench.synthetic.vocab import COLOUR_NAMES, SIZE_NAMES
+from bench.training.vision import (
+    IGNORE,
+    VisionRecipe,
+    _dense_targets,
+    _flipped,
+    build_vision_examples,
+    init_sincos_positions,
+    pretrain_vision_tower,
+)
+
+SIDE, PATCH = 32, 8
+
+
+@pytest.fixture(scope="module")
+def suite(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return generate_suite(tmp_path_factory.mktemp("suite") / "s", SuiteParams(n_train=4, n_val=1, n_test=1))
+
+
+def _examples(root: Path):
+    return build_vision_examples(root, "train", lambda image: preprocess_image(image, SIDE),
+                                 lambda regions, w, h: region_masks(regions, w, h, SIDE), SIDE // PATCH)
+
+
+def _tower(seed: int = 0) -> CLIPVisionModel:
+    torch.manual_seed(seed)
+    return CLIPVisionModel(CLIPVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                                            num_attention_heads=2, patch_size=PATCH, image_size=SIDE))
+
+
+def test_dense_targets_by_hand() -> None:
+    # Two objects on a 1x2 grid: object 0 (class 1) covers half of patch 0; object 1 (class 0)
+    # covers all of patch 1 and a quarter of patch 0.
+    coverage = torch.tensor([[[0.5, 0.0]], [[0.25, 1.0]]])
+    target = _dense_targets(coverage, torch.tensor([1, 0]), n_classes=2)
+    assert torch.allclose(target, torch.tensor([[0.25, 0.5, 0.25], [1.0, 0.0, 0.0]]))
+    # A label of -100 contributes nothing but background.
+    target = _dense_targets(coverage, torch.tensor([IGNORE, 0]), n_classes=2)
+    assert torch.allclose(target, torch.tensor([[0.25, 0.0, 0.75], [1.0, 0.0, 0.0]]))
+
+
+def test_examples_carry_the_suite_labels(suite: Path) -> None:
+    examples, names = _examples(suite)
+    meta = json.loads((suite / "meta" / "objects_train.json").read_text())
+    assert len(examples) == len(meta) == 4
+    assert names[0] == "circle" and len(names) == 10
+    first = meta[0]["objects"]
+    example = examples[0]
+    assert [names[i] for i in example.category.tolist()] == [o["category"] for o in first]
+    assert [COLOUR_NAMES[i] for i in example.colour.tolist()] == [o["colour"] for o in first]
+    assert [SIZE_NAMES[i] if i != IGNORE else None for i in example.size.tolist()] == [
+        o["size"] if not o["iscrowd"] else None for o in first]
+    assert example.pixels.shape == (3, SIDE, SIDE) and example.coverage.shape == (len(first), 4, 4)
+    assert example.dense["category"].shape == (4, 4, 11)
+    assert torch.allclose(example.dense["colour"].sum(-1), torch.ones(4, 4))
+    # The centre of the mask is where the object is: compare with the suite's own centre (padded frame).
+    width, height = meta[0]["width"], meta[0]["height"]
+    side = max(width, height)
+    cx, cy = first[0]["center"]
+    expected = torch.tensor([(cx + (side - width) // 2) / side, (cy + (side - height) // 2) / side])
+    assert torch.allclose(example.centre[0], expected, atol=0.08)
+
+
+def test_flip_mirrors_pixels_masks_targets_and_centre(suite: Path) -> None:
+    example = _examples(suite)[0][0]
+    flipped = _flipped(example)
+    assert torch.equal(flipped.pixels, example.pixels.flip(-1))
+    assert torch.equal(flipped.coverage[:, :, 0], example.coverage[:, :, -1])
+    assert torch.equal(flipped.dense["size"][:, 0], example.dense["size"][:, -1])
+    assert torch.allclose(flipped.centre[:, 0], 1 - example.centre[:, 0]) and torch.equal(
+        flipped.centre[:, 1], example.centre[:, 1])
+
+
+def test_pretraining_is_deterministic_lowers_the_loss_and_freezes_the_tower(suite: Path, tmp_path: Path) -> None:
+    examples, names = _examples(suite)
+    recipe = VisionRecipe(steps=25, batch_size=4, lr=3e-3, warmup_steps=2)
+    towers = [_tower(), _tower()]
+    logs = [pretrain_vision_tower(t, examples, len(names), -2, recipe, progress=False,
+                                  log_path=tmp_path / f"log{i}.json") for i, t in enumerate(towers)]
+    assert [r["loss"] for r in logs[0]] == [r["loss"] for r in logs[1]]
+    assert all(torch.equal(a, b) for a, b in zip(towers[0].state_dict().values(), towers[1].state_dict().values(),
+                                                 strict=True))
+    first, last = sum(r["loss"] for r in logs[0][:5]), sum(r["loss"] for r in logs[0][-5:])
+    assert last < first
+    assert not any(p.requires_grad for p in towers[0].parameters()) and not towers[0].training
+    assert json.loads((tmp_path / "log0.json").read_text())["recipe"]["steps"] == 25
+
+
+def test_needs_the_suite_metadata(suite: Path, tmp_path: Path) -> None:
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(suite, copy)
+    (copy / "meta" / "objects_train.json").unlink()
+    with pytest.raises(DataError, match="objects_train.json"):
+        _examples(copy)
+
+
+def test_sincos_positions_encode_the_grid() -> None:
+    tower = _tower()
+    init_sincos_positions(tower)
+    table = tower.embeddings.position_embedding.weight.detach()
+    grid = SIDE // PATCH
+    assert torch.equal(table[0], torch.zeros(16))  # CLS
+    # Column x of the first frequency: sin(x) in the first quarter; row y: sin(y) in the third quarter.
+    for y in range(grid):
+        for x in range(grid):
+            row = table[1 + y * grid + x]
+            assert torch.isclose(row[0], torch.tensor(float(x)).sin())
+            assert torch.isclose(row[8], torch.tensor(float(y)).sin())
+    assert tower.embeddings.position_embedding.weight.requires_grad  # still learned
