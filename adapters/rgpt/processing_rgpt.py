@@ -12,15 +12,15 @@
   size (bicubic), scaled to [0, 1] and normalised with CLIP's mean and std.
 * Regions: the mask when the region has one, else its box as a rectangle, drawn on the
   original image, then padded and resized like the image (bilinear, kept soft): [n, S, S].
-* Training examples (:meth:`RGPTProcessor.training_example`): labels are the answer
-  tokens and the ``</s>`` after each answer; everything else is -100.
+* Training examples (:meth:`RGPTProcessor.training_example`, shared with GPT4RoI in
+  :mod:`adapters.region_processing`): labels are the answer tokens and the ``</s>`` after
+  each answer; everything else is -100.
 * Tokenizers: :func:`build_word_tokenizer` (tiny size, word level, built from texts) and
   :func:`load_vicuna_tokenizer` (full size, a local Vicuna/LLaMA tokenizer directory).
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +30,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from adapters.region_processing import IGNORE_INDEX, PLACEHOLDER, RegionProcessor
+from adapters.region_processing import rewrite_regions as _rewrite
 from adapters.rgpt.configuration_rgpt import RGPTConfig
 
 IMAGE_TOKEN = "<image>"
@@ -39,8 +41,8 @@ SYSTEM = ("A chat between a curious user and an artificial intelligence assistan
           "The assistant gives helpful, detailed, and polite answers to the user's questions.")
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-PLACEHOLDER = re.compile(r"<region(\d+)>")
-IGNORE_INDEX = -100
+__all__ = ["IGNORE_INDEX", "RGPTProcessor", "build_word_tokenizer", "config_token_ids", "load_tokenizer",
+           "load_vicuna_tokenizer", "preprocess_image", "region_masks", "rewrite_regions", "user_turn"]
 
 
 # --------------------------------------------------------------------------- tokenizers
@@ -112,13 +114,7 @@ def rewrite_regions(prompt: str, n_regions: int) -> tuple[str, list[int]]:
     """Replace each ``<regionN>`` by ``<region>``; return the text and the 0-based region index
     of each placeholder in order. Raises ``ValueError`` unless the placeholders name exactly
     regions 1..n_regions (each at least once)."""
-    order = [int(m.group(1)) - 1 for m in PLACEHOLDER.finditer(prompt)]
-    if sorted(set(order)) != list(range(n_regions)):
-        named = sorted({i + 1 for i in order})
-        raise ValueError(f"the prompt names regions {named} but {n_regions} region(s) were given: {prompt!r}")
-    if REGION_TOKEN in prompt or IMAGE_TOKEN in prompt:
-        raise ValueError(f"the prompt already contains {REGION_TOKEN} or {IMAGE_TOKEN}: {prompt!r}")
-    return PLACEHOLDER.sub(REGION_TOKEN, prompt), order
+    return _rewrite(prompt, n_regions, lambda _: REGION_TOKEN, (REGION_TOKEN, IMAGE_TOKEN))
 
 
 def user_turn(prompt: str, first: bool) -> str:
@@ -183,114 +179,31 @@ def region_masks(regions: Sequence[Any], width: int, height: int, size: int) -> 
 # --------------------------------------------------------------------------- the processor
 
 
-class RGPTProcessor:
-    """Turns (image, regions, prompt) into model inputs, and batches them."""
+class RGPTProcessor(RegionProcessor):
+    """Turns (image, regions, prompt) into RGPT inputs, and batches them (shared parts:
+    :class:`adapters.region_processing.RegionProcessor`). Regions are soft masks, batched as
+    ``region_masks``."""
+
+    region_key = "region_masks"
+    reserved_tokens = (REGION_TOKEN, IMAGE_TOKEN)
 
     def __init__(self, tokenizer: Any, config: RGPTConfig) -> None:
-        self.tokenizer = tokenizer
-        self.config = config
+        super().__init__(tokenizer, config)
         ids = config_token_ids(tokenizer)
         if ids["image_token_id"] != config.image_token_id or ids["region_token_id"] != config.region_token_id:
             raise ValueError(f"tokenizer ids {ids} do not match the config's <image>/<region> ids "
                              f"({config.image_token_id}, {config.region_token_id})")
 
-    # ------------------------------------------------------------------ pieces
+    def user_turn(self, text: str, first: bool) -> str:
+        return user_turn(text, first)
 
-    def _encode(self, text: str) -> list[int]:
-        """Token ids of ``text`` with the single ``<image>`` expanded to the image-token count."""
-        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-        out: list[int] = []
-        for token in ids:
-            if token == self.config.image_token_id:
-                out.extend([token] * self.config.num_image_tokens)
-            else:
-                out.append(token)
-        return out
-
-    def encode_answer(self, text: str) -> list[int]:
-        """Answer/continuation ids (no special tokens), as they follow ``ASSISTANT:``."""
-        return self.tokenizer(text.strip(), add_special_tokens=False)["input_ids"]
+    def region_text(self, number: int) -> str:
+        return REGION_TOKEN
 
     def image(self, image: Any) -> torch.Tensor:
         return preprocess_image(image, self.config.image_size)
 
-    def masks(self, regions: Sequence[Any], width: int, height: int) -> torch.Tensor:
+    def regions(self, regions: Sequence[Any], width: int, height: int) -> torch.Tensor:
         return region_masks(regions, width, height, self.config.image_size)
 
-    # ------------------------------------------------------------------ inference
-
-    def prompt(self, prompt: str, n_regions: int) -> tuple[list[int], list[int]]:
-        """Prompt ids (``<s>`` + first USER turn up to ``ASSISTANT:``) and the region order."""
-        text, order = rewrite_regions(prompt, n_regions)
-        return [self.config.bos_token_id, *self._encode(user_turn(text, first=True))], order
-
-    # ------------------------------------------------------------------ training
-
-    def training_tokens(self, turns: Sequence[tuple[str, str]],
-                        n_regions: int) -> tuple[list[int], list[int], list[int]]:
-        """Ids, labels and region order of (user, assistant) ``turns`` about ``n_regions`` regions.
-
-        Placeholders ``<regionN>`` may appear in any user turn. Labels are the answer tokens and
-        each answer's ``</s>``; -100 elsewhere. The order lists, per ``<region>`` token, the
-        0-based region it takes.
-        """
-        if not turns:
-            raise ValueError("a training example needs at least one (user, assistant) turn")
-        ids = [self.config.bos_token_id]
-        labels = [IGNORE_INDEX]
-        order: list[int] = []
-        for index, (user, answer) in enumerate(turns):
-            found = [int(m.group(1)) - 1 for m in PLACEHOLDER.finditer(user)]
-            if any(i < 0 or i >= n_regions for i in found):
-                raise ValueError(f"turn {index + 1} names a region beyond the {n_regions} given: {user!r}")
-            order.extend(found)
-            prompt_ids = self._encode(user_turn(PLACEHOLDER.sub(REGION_TOKEN, user), first=index == 0))
-            answer_ids = [*self.encode_answer(answer), self.config.eos_token_id]
-            ids += prompt_ids + answer_ids
-            labels += [IGNORE_INDEX] * len(prompt_ids) + answer_ids
-        return ids, labels, order
-
-    def training_example(self, image: Any, regions: Sequence[Any],
-                         turns: Sequence[tuple[str, str]]) -> dict[str, torch.Tensor]:
-        """One training example from a PIL image, its regions and (user, assistant) turns.
-
-        Returns ``input_ids`` [L], ``labels`` [L] (see :meth:`training_tokens`),
-        ``pixel_values`` [3, S, S] and ``region_masks`` [k, S, S] (k = placeholders, in order).
-        """
-        ids, labels, order = self.training_tokens(turns, len(regions))
-        masks = self.masks(regions, image.width, image.height)
-        return {
-            "input_ids": torch.tensor(ids),
-            "labels": torch.tensor(labels),
-            "pixel_values": self.image(image),
-            "region_masks": masks[order] if order else masks[:0],
-        }
-
-    # ------------------------------------------------------------------ batching
-
-    def pad(self, sequences: Sequence[Sequence[int]], side: str = "left",
-            value: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Pad id lists to one length: (ids [B, L], attention_mask [B, L])."""
-        fill = self.config.pad_token_id if value is None else value
-        length = max((len(s) for s in sequences), default=0)
-        ids = torch.full((len(sequences), length), fill, dtype=torch.long)
-        mask = torch.zeros((len(sequences), length), dtype=torch.long)
-        for row, seq in enumerate(sequences):
-            if not len(seq):
-                continue
-            span = slice(length - len(seq), length) if side == "left" else slice(0, len(seq))
-            ids[row, span] = torch.as_tensor(list(seq), dtype=torch.long)
-            mask[row, span] = 1
-        return ids, mask
-
-    def collate(self, examples: Sequence[dict[str, torch.Tensor]], side: str = "right") -> dict[str, Any]:
-        """Batch training examples: padded ids/labels/attention mask, stacked pixels (or vision grids),
-        mask list."""
-        ids, attention = self.pad([e["input_ids"].tolist() for e in examples], side)
-        labels, _ = self.pad([e["labels"].tolist() for e in examples], side, value=IGNORE_INDEX)
-        batch = {"input_ids": ids, "attention_mask": attention, "labels": labels,
-                 "region_masks": [e["region_masks"] for e in examples]}
-        for key in ("pixel_values", "vision_grid"):  # pixels, or the frozen tower's precomputed grids
-            if all(key in e for e in examples):
-                batch[key] = torch.stack([e[key] for e in examples])
-        return batch
+    masks = regions  # RGPT's regions are masks
