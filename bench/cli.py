@@ -29,6 +29,8 @@ data_app = typer.Typer(help="Dataset utilities.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 train_app = typer.Typer(help="Train reference models.", no_args_is_help=True)
 app.add_typer(train_app, name="train")
+convert_app = typer.Typer(help="Convert released checkpoints into loadable weights.", no_args_is_help=True)
+app.add_typer(convert_app, name="convert")
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -188,6 +190,31 @@ def train_rgpt(
                            progress=progress)
     typer.echo(f"saved the tiny RGPT checkpoint to {root}; evaluate it with "
                f"bench run --model rgpt --model-args pretrained={root} --task coco-cls")
+
+
+@convert_app.command("gpt4roi")
+@user_errors
+def convert_gpt4roi(
+    delta: Annotated[Path, typer.Option(
+        help="Directory of the GPT4RoI-7B-delta-V0 release (.bin shards + index, config, tokenizer).")],
+    base: Annotated[Path, typer.Option(
+        help="Directory of LLaMA-7B in Hugging Face transformers format (.bin or .safetensors, sharded or not).")],
+    out: Annotated[Path, typer.Option(help="Directory to write GPT4RoI-7B to (safetensors shards + index).")],
+    overwrite: Annotated[bool, typer.Option(help="Replace weight files already in --out.")] = False,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Apply the GPT4RoI-7B delta to LLaMA-7B (target = delta + base), streaming shard by shard.
+
+    .bin files are read only as plain tensors (weights_only); the result is written as safetensors.
+    """
+    import json
+
+    from adapters.gpt4roi.convert import OUTPUT_INDEX, apply_delta
+
+    root = apply_delta(delta, base, out, progress=progress, overwrite=overwrite)
+    weight_map = json.loads((root / OUTPUT_INDEX).read_text())["weight_map"]
+    typer.echo(f"wrote {len(weight_map)} tensors in {len(set(weight_map.values()))} safetensors shard(s) to "
+               f"{root}")
 
 
 @data_app.command("synth")
