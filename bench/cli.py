@@ -192,6 +192,45 @@ def train_rgpt(
                f"bench run --model rgpt --model-args pretrained={root} --task coco-cls")
 
 
+@train_app.command("gpt4roi")
+@user_errors
+def train_gpt4roi(
+    out: Annotated[Path, typer.Option(help="Checkpoint directory (re-running the same command resumes).")] = Path(
+        "checkpoints/gpt4roi-tiny"),
+    data_root: Annotated[Optional[Path], typer.Option(
+        help="Data root whose train split is used (a synthetic suite: stage 0 needs its object metadata); "
+             "default: the synthetic training suite the tiny RGPT trains on.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed (data order, initialisation).")] = 0,
+    train_images: Annotated[Optional[int], typer.Option(
+        help="Training images of the default synthetic training suite.")] = None,
+    init_tower: Annotated[Optional[str], typer.Option(
+        help="Checkpoint whose vision_tower.* starts stage 0 (default: the embedded tiny RGPT); 'none': "
+             "train the tower from scratch.")] = None,
+    vision_steps: Annotated[Optional[int], typer.Option(help="Stage 0 steps (tower adaptation).")] = None,
+    stage1_steps: Annotated[Optional[int], typer.Option(help="Stage 1 steps (projector + region extractor).")] = None,
+    stage2_steps: Annotated[Optional[int], typer.Option(help="Stage 2 steps (+ LLM).")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Conversations per step.")] = None,
+    image_size: Annotated[Optional[int], typer.Option(help="Input resolution of the tiny model.")] = None,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar with the loss.")] = True,
+) -> None:
+    """Train the tiny GPT4RoI: stage 0 (its tiny CLIP), then GPT4RoI's two stages."""
+    import dataclasses
+
+    from adapters.gpt4roi.train import Recipe, train_tiny_gpt4roi
+    from bench.evaluate import resolve_data_root
+
+    overrides: dict[str, Any] = {"seed": seed, "stage1_steps": stage1_steps, "stage2_steps": stage2_steps,
+                                 "batch_size": batch_size, "train_images": train_images, "vision_steps": vision_steps,
+                                 "image_size": image_size}
+    recipe = dataclasses.replace(Recipe(), **{k: v for k, v in overrides.items() if v is not None})
+    if init_tower is not None:
+        recipe = dataclasses.replace(recipe, init_tower=None if init_tower.lower() == "none" else init_tower)
+    root = train_tiny_gpt4roi(resolve_data_root(data_root) if data_root is not None else None, out, recipe,
+                              progress=progress)
+    typer.echo(f"saved the tiny GPT4RoI checkpoint to {root}; evaluate it with "
+               f"bench run --model gpt4roi --model-args pretrained={root} --task coco-cls")
+
+
 @convert_app.command("gpt4roi")
 @user_errors
 def convert_gpt4roi(

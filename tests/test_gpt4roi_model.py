@@ -168,7 +168,7 @@ def test_region_extractor_follows_the_documented_computation(model, processor) -
             torch.nn.init.normal_(module.weight, 1.0, 0.3)
             torch.nn.init.normal_(module.bias, 0.0, 0.3)
     pixels = processor.image(_image())[None]
-    _, grids = model.vision_states(pixels)
+    grids = list(model.vision_states(pixels)[:, 1:].unbind(1))
     boxes = processor.regions([BOX_A, BOX_B, Region(box=(0.0, 0.0, 100.0, 60.0))], 100, 60)
     with torch.no_grad():
         encoded = model.encode_images(pixels)
@@ -177,8 +177,10 @@ def test_region_extractor_follows_the_documented_computation(model, processor) -
     assert ours.shape == (3, model.config.text_hidden_size)
     assert torch.allclose(ours, expected, atol=1e-5), (ours - expected).abs().max()
     # the vision tower's selected layer feeds the image tokens through mm_projector
-    patches, _ = model.vision_states(pixels)
-    assert torch.allclose(encoded.image_embeds, model.mm_projector(patches))
+    hidden = model.vision_tower(pixel_values=pixels, output_hidden_states=True).hidden_states
+    patches = hidden[model.config.vision_select_layer][:, 1:]
+    assert torch.allclose(encoded.image_embeds, model.mm_projector(patches), atol=1e-6)
+    assert torch.equal(grids[0], hidden[model.config.level_layers[0]][:, 1:].transpose(1, 2).reshape(1, -1, 16, 16))
     assert encoded.image_embeds.shape == (1, model.config.num_image_tokens, model.config.text_hidden_size)
 
 

@@ -115,8 +115,9 @@ class GPT4RoIConfig:
     def tiny(cls, vocab_size: int, token_ids: dict[str, int], vision_layers: int = 4, vision_hidden: int = 64,
              image_size: int = 128, llm_layers: int = 4, llm_hidden: int = 128, llm_heads: int = 4,
              max_positions: int = 512) -> GPT4RoIConfig:
-        """CPU size: 128 px, patch 8 (16x16 grid, 256 image tokens like the full model), levels = the
-        tower's last four layers resized to 32/32/16/16, RoIAlign 7x7. ``token_ids`` from
+        """CPU size: 128 px, patch 8 (16x16 grid, 256 image tokens like the full model), image tokens from
+        the penultimate layer, levels = the four hidden states up to it (``hs[-5..-2]``: a 4-layer
+        tower has 5) resized to 32/32/16/16, RoIAlign 7x7. ``token_ids`` from
         :func:`adapters.gpt4roi.processing_gpt4roi.config_token_ids`."""
         vision = CLIPVisionConfig(
             hidden_size=vision_hidden, intermediate_size=4 * vision_hidden, num_hidden_layers=vision_layers,
@@ -130,8 +131,8 @@ class GPT4RoIConfig:
             eos_token_id=token_ids["eos_token_id"], pad_token_id=token_ids["pad_token_id"],
             tie_word_embeddings=False,
         )
-        return cls(vision_config=vision, text_config=text, vision_select_layer=-1,
-                   level_layers=tuple(range(-vision_layers, 0))[-4:], level_sizes=(32, 32, 16, 16),
+        return cls(vision_config=vision, text_config=text, vision_select_layer=-2,
+                   level_layers=tuple(range(-vision_layers - 1, -1))[-4:], level_sizes=(32, 32, 16, 16),
                    fuse_groups=8, roi_output_size=7, region_hidden_size=vision_hidden, pos_hidden_size=32,
                    size="tiny", **token_ids)
 

@@ -251,38 +251,38 @@ class GPT4RoIForCausalLM(RegionCausalLM):
 
     # ------------------------------------------------------------------ vision side
 
-    def vision_states(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """Frozen CLIP: the image-token layer [B, g*g, C] and the level grids [B, C, g, g] (no CLS).
+    def vision_states(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Frozen CLIP -> [B, 1 + L, C, g, g]: the image-token layer, then the L level grids (no CLS).
 
-        The tower is frozen, so training code may compute these once per image and pass them
-        back as ``vision_states=``.
+        The tower is frozen, so training code may compute this once per image and pass it back
+        as ``vision_states=`` instead of ``pixel_values``.
         """
         pixel_values = pixel_values.to(device=self.device, dtype=self.vision_tower.dtype)
         with torch.no_grad():
             hidden = self.vision_tower(pixel_values=pixel_values, output_hidden_states=True).hidden_states
         g = self.config.patch_grid
-        grids = [hidden[layer][:, 1:].transpose(1, 2).reshape(pixel_values.shape[0], -1, g, g)
-                 for layer in self.config.level_layers]
-        return hidden[self.config.vision_select_layer][:, 1:], grids
+        layers = (self.config.vision_select_layer, *self.config.level_layers)
+        return torch.stack([hidden[layer][:, 1:].transpose(1, 2).reshape(pixel_values.shape[0], -1, g, g)
+                            for layer in layers], dim=1)
 
     def encode_images(self, pixel_values: torch.Tensor | None = None,
-                      vision_states: tuple[torch.Tensor, Sequence[torch.Tensor]] | None = None) -> EncodedImages:
+                      vision_states: torch.Tensor | None = None) -> EncodedImages:
         """Image tokens through ``mm_projector`` and the fused level maps, once per image."""
         if vision_states is None:
             if pixel_values is None:
                 raise ValueError("encode_images needs pixel_values or vision_states")
             vision_states = self.vision_states(pixel_values)
-        patches, grids = vision_states
         dtype = self.mm_projector.weight.dtype
-        image_embeds = self.mm_projector(patches.to(self.device, dtype))
-        levels = self.spi_module.fuse([g.to(self.device, dtype) for g in grids])
+        states = vision_states.to(self.device, dtype)
+        image_embeds = self.mm_projector(states[:, 0].flatten(2).transpose(1, 2))
+        levels = self.spi_module.fuse(list(states[:, 1:].unbind(1)))
         return EncodedImages(image_embeds, levels)
 
     # ------------------------------------------------------------------ LLM input
 
     def multimodal_embeds(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None = None,
                           boxes: Sequence[torch.Tensor] | None = None, encoded: EncodedImages | None = None,
-                          vision_states: tuple[torch.Tensor, Sequence[torch.Tensor]] | None = None) -> torch.Tensor:
+                          vision_states: torch.Tensor | None = None) -> torch.Tensor:
         """``inputs_embeds`` for a batch: encode images (or take them ``encoded``, one per row), pool
         each row's boxes (xyxy normalised to [0, 1]), substitute both into the token embeddings."""
         if encoded is None and (pixel_values is not None or vision_states is not None):

@@ -144,6 +144,21 @@ def normalised_boxes(regions: Sequence[Any], width: int, height: int) -> torch.T
     return torch.tensor(rows, dtype=torch.float32).reshape(-1, 4)
 
 
+def stretched_masks(regions: Sequence[Any], width: int, height: int, size: int) -> torch.Tensor:
+    """Region masks stretched like the image: [n, size, size], soft (bilinear, antialiased).
+
+    The model itself reads boxes only; these feed the tiny tower's stage-0 pre-training.
+    """
+    import torch.nn.functional as F
+
+    if not regions:
+        return torch.zeros((0, size, size))
+    masks = torch.stack([torch.from_numpy(np.ascontiguousarray(r.decode_mask(width, height))).float()
+                         for r in regions])
+    return F.interpolate(masks[:, None], size=(size, size), mode="bilinear", align_corners=False,
+                         antialias=True)[:, 0].clamp(0, 1)
+
+
 # --------------------------------------------------------------------------- the processor
 
 

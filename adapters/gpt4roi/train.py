@@ -1,0 +1,200 @@
+"""Training recipe for GPT4RoI: its two stages on the synthetic suite, with RGPT's training machinery.
+
+Stage 1 trains ``mm_projector`` and the region extractor (``spi_module``) with CLIP and the
+LLM frozen; stage 2 adds the LLM. CLIP stays frozen; the loss is on answer tokens only
+(the shared processor's labels). Conversations, the trainer (deterministic, resumable) and
+stage 0 are :mod:`bench.training`'s, exactly as for RGPT; only the collate differs.
+
+Stage 0 (tiny only): the released GPT4RoI and RGPT both start from OpenAI's CLIP ViT-L/14
+(at 224 and 336 px). The tiny models mirror that: the tiny GPT4RoI's tower starts from the
+tiny RGPT's stage-0 tower (``Recipe.init_tower``, default: the embedded RGPT checkpoint)
+and is adapted to GPT4RoI's stretched (not padded) input by ``vision_steps`` more steps of
+the same stage-0 objective; with ``init_tower=None`` it is trained from scratch like
+RGPT's. Then the tower is frozen and its hidden states (the image-token layer and the four
+levels) are computed once per training image and reused by every step
+(``vision_states=``, the same numbers as running the tower).
+
+Layout of ``out_dir``: ``config.json``, ``model.safetensors``, ``tokenizer.json``,
+``recipe.json``, ``vision/`` (the tower and its log), ``log.json``, ``resume/``.
+Re-running the same call resumes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bench.training import Conversation, Stage, all_texts, build_conversations, kind_counts, mix, train
+from bench.training.vision import VisionRecipe, build_vision_examples, init_sincos_positions, pretrain_vision_tower
+
+VISION_DIR = "vision"
+TOWER_FILE = "tower.safetensors"
+RGPT_TINY = Path(__file__).resolve().parents[1] / "rgpt" / "checkpoints" / "tiny"
+LLM_PREFIXES = ("model.embed_tokens.", "model.layers.", "model.norm.", "lm_head.")
+EXTRACTOR_PREFIXES = ("model.mm_projector.", "model.spi_module.")
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    """Everything a training run depends on (recorded next to the checkpoint)."""
+
+    seed: int = 0
+    image_size: int = 128          # tiny: 128 px, patch 8 -> 16x16 grid, 256 image tokens
+    train_images: int = 20000      # synthetic training images when no data root is given
+    init_tower: str | None = str(RGPT_TINY)  # a checkpoint whose vision_tower.* starts stage 0; None: scratch
+    vision_steps: int = 3000       # stage 0 steps (12000 from scratch)
+    vision_batch_size: int = 16
+    vision_lr: float = 1e-3
+    stage1_steps: int = 200
+    stage2_steps: int = 2500
+    batch_size: int = 32
+    stage1_lr: float = 2e-3
+    stage2_lr: float = 1e-3
+    warmup_steps: int = 100
+    mix: tuple[tuple[str, int], ...] = (
+        ("classification", 12000), ("caption", 12000), ("relation", 6000), ("rec", 20000), ("pope", 12000),
+    )
+
+
+def stages(recipe: Recipe) -> list[Stage]:
+    """GPT4RoI's two stages: (1) projector + region extractor; (2) + the LLM. CLIP is never trained here."""
+    return [
+        Stage("stage1", EXTRACTOR_PREFIXES, recipe.stage1_steps, recipe.stage1_lr, recipe.batch_size,
+              warmup_steps=min(recipe.warmup_steps, recipe.stage1_steps // 2)),
+        Stage("stage2", EXTRACTOR_PREFIXES + LLM_PREFIXES, recipe.stage2_steps, recipe.stage2_lr,
+              recipe.batch_size, warmup_steps=min(recipe.warmup_steps, recipe.stage2_steps // 2),
+              weight_decay=0.01),
+    ]
+
+
+class CachedCollate:
+    """Turns conversations into padded tensors from the frozen tower's precomputed hidden states."""
+
+    def __init__(self, processor: Any, states: dict[str, torch.Tensor], sizes: dict[str, tuple[int, int]]) -> None:
+        self.processor = processor
+        self.states = states
+        self.sizes = sizes
+        self._examples: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+
+    def example(self, conversation: Conversation) -> dict[str, torch.Tensor]:
+        key = id(conversation)
+        if key not in self._examples:
+            ids, labels, order = self.processor.training_tokens(conversation.turns, len(conversation.regions))
+            width, height = self.sizes[conversation.image.key]
+            boxes = self.processor.regions([conversation.regions[i] for i in order], width, height)
+            self._examples[key] = (torch.tensor(ids), torch.tensor(labels), boxes)
+        ids, labels, boxes = self._examples[key]
+        return {"input_ids": ids, "labels": labels, "boxes": boxes,
+                "vision_states": self.states[conversation.image.key].float()}
+
+    def __call__(self, conversations: list[Conversation]) -> dict[str, Any]:
+        return self.processor.collate([self.example(c) for c in conversations])
+
+
+@torch.no_grad()
+def precompute_states(model: Any, processor: Any, images: dict[str, Any],
+                      batch_size: int = 64) -> tuple[dict[str, torch.Tensor], dict[str, tuple[int, int]]]:
+    """The frozen tower's hidden states [1 + L, C, g, g] (fp16: they only feed trainable layers) and the
+    (width, height) of every image, by key."""
+    keys = sorted(images)
+    states: dict[str, torch.Tensor] = {}
+    sizes: dict[str, tuple[int, int]] = {}
+    for start in range(0, len(keys), batch_size):
+        chunk = keys[start:start + batch_size]
+        loaded = [images[k].load() for k in chunk]
+        sizes.update((k, (image.width, image.height)) for k, image in zip(chunk, loaded, strict=True))
+        pixels = torch.stack([processor.image(image) for image in loaded])
+        for key, state in zip(chunk, model.vision_states(pixels), strict=True):
+            states[key] = state.half().clone()
+    return states, sizes
+
+
+def _initial_tower(model: Any, recipe: Recipe) -> None:
+    from safetensors import safe_open
+
+    if recipe.init_tower is None:
+        init_sincos_positions(model.vision_tower)
+        return
+    path = Path(recipe.init_tower)
+    weights = path / "model.safetensors" if path.is_dir() else path
+    if not weights.is_file():
+        raise FileNotFoundError(f"init_tower={recipe.init_tower}: no {weights} (train the tiny RGPT first, or "
+                                "set init_tower=None to train the tower from scratch)")
+    with safe_open(str(weights), framework="pt") as handle:
+        state = {k.removeprefix("vision_tower."): handle.get_tensor(k) for k in handle.keys()  # noqa: SIM118
+                 if k.startswith("vision_tower.")}
+    model.vision_tower.load_state_dict(state)
+
+
+def train_tiny_gpt4roi(data_root: Path | None, out_dir: Path, recipe: Recipe = Recipe(), progress: bool = True,
+                       conversations: Sequence[Conversation] | None = None) -> Path:
+    """Train the tiny GPT4RoI on ``data_root``'s training split (default: the RGPT training suite);
+    the checkpoint lands in ``out_dir``. Re-running the same call resumes after an interruption."""
+    from safetensors.torch import load_file, save_file
+
+    from adapters.gpt4roi.configuration_gpt4roi import GPT4RoIConfig
+    from adapters.gpt4roi.modeling_gpt4roi import GPT4RoIForCausalLM
+    from adapters.gpt4roi.processing_gpt4roi import (
+        GPT4RoIProcessor,
+        build_word_tokenizer,
+        config_token_ids,
+        stretched_masks,
+    )
+    from bench.synthetic import SuiteParams, default_suite_dir
+
+    started = time.time()
+    data_root = Path(data_root) if data_root is not None else default_suite_dir(SuiteParams(
+        n_train=recipe.train_images))
+    torch.manual_seed(recipe.seed)
+    base = list(conversations) if conversations is not None else build_conversations(data_root, "train",
+                                                                                       recipe.seed)
+    examples = mix(base, dict(recipe.mix), seed=recipe.seed)
+    tokenizer = build_word_tokenizer(all_texts(base))
+    config = GPT4RoIConfig.tiny(len(tokenizer), config_token_ids(tokenizer), image_size=recipe.image_size)
+    model = GPT4RoIForCausalLM(config)
+    processor = GPT4RoIProcessor(tokenizer, config)
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "recipe.json").write_text(json.dumps({
+        "recipe": dataclasses.asdict(recipe), "data_root": str(data_root),
+        "conversations": kind_counts(base), "examples": kind_counts(examples),
+    }, indent=2) + "\n")
+
+    vision_dir = out_dir / VISION_DIR
+    tower_file = vision_dir / TOWER_FILE
+    if tower_file.is_file():
+        model.vision_tower.load_state_dict(load_file(str(tower_file)))
+    else:
+        vision_dir.mkdir(exist_ok=True)
+        _initial_tower(model, recipe)
+        if recipe.vision_steps:
+            vision_examples, names = build_vision_examples(
+                data_root, "train", processor.image,
+                lambda regions, w, h: stretched_masks(regions, w, h, config.image_size), config.patch_grid)
+            pretrain_vision_tower(model.vision_tower, vision_examples, len(names), config.vision_select_layer,
+                                  VisionRecipe(steps=recipe.vision_steps, lr=recipe.vision_lr, seed=recipe.seed,
+                                               batch_size=recipe.vision_batch_size),
+                                  progress=progress, log_path=vision_dir / "log.json")
+            del vision_examples
+        save_file({k: v.contiguous() for k, v in model.vision_tower.state_dict().items()}, str(tower_file))
+    model.vision_tower.requires_grad_(False)
+    model.vision_tower.eval()
+
+    images = {c.image.key: c.image for c in base}
+    states, sizes = precompute_states(model, processor, images)
+
+    def save(trained: torch.nn.Module, directory: Path) -> None:
+        trained.save_pretrained(directory, tokenizer=tokenizer)
+
+    train(model, examples, CachedCollate(processor, states, sizes), stages(recipe), out_dir, seed=recipe.seed,
+          save_model=save, progress=progress)
+    timing = json.loads((out_dir / "recipe.json").read_text())
+    timing["seconds_last_call"] = round(time.time() - started, 1)
+    (out_dir / "recipe.json").write_text(json.dumps(timing, indent=2) + "\n")
+    return out_dir

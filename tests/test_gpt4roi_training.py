@@ -1,0 +1,67 @@
+"""`bench train gpt4roi` end to end at toy length: it trains, resumes, saves, and the adapter runs the result."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+
+from bench.synthetic import SuiteParams, generate_suite
+from tests.plugin_utils import run_bench
+
+
+@pytest.fixture(scope="module")
+def small_suite(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return generate_suite(tmp_path_factory.mktemp("suite") / "s", SuiteParams(n_train=6, n_val=3, n_test=2))
+
+
+@pytest.mark.slow
+def test_train_then_evaluate_tiny_gpt4roi(small_suite: Path, tmp_path: Path) -> None:
+    out = tmp_path / "ckpt"
+    args = ["train", "gpt4roi", "--out", str(out), "--data-root", str(small_suite), "--init-tower", "none",
+            "--vision-steps", "2", "--stage1-steps", "2", "--stage2-steps", "2", "--batch-size", "4",
+            "--image-size", "64", "--no-progress"]
+    trained = run_bench(*args)
+    assert trained.returncode == 0, trained.stderr
+    log = json.loads((out / "log.json").read_text())
+    assert [(r["stage"], r["step"]) for r in log] == [("stage1", 1), ("stage1", 2), ("stage2", 1), ("stage2", 2)]
+    weights = load_file(str(out / "model.safetensors"))
+    tower = load_file(str(out / "vision" / "tower.safetensors"))
+    assert all((weights[f"vision_tower.{k}"] == v).all() for k, v in tower.items())  # frozen after stage 0
+    assert any(k.startswith("model.spi_module.roi_align.") for k in weights) and "lm_head.weight" in weights
+
+    again = run_bench(*args)  # finds the finished run: weights unchanged
+    assert again.returncode == 0, again.stderr
+    assert all((load_file(str(out / "model.safetensors"))[k] == v).all() for k, v in weights.items())
+
+    result = run_bench("run", "--model", "gpt4roi", "--model-args", f"pretrained={out},max_new_tokens=4",
+                       "--task", "pope-adversarial,coco-cls", "--data-root", str(small_suite), "--limit", "4",
+                       "--output", str(tmp_path / "run"), "--no-progress")
+    assert result.returncode == 0, result.stderr
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["n_samples"] == {"pope-adversarial": 4, "coco-cls": 4}
+
+
+def test_stage0_starts_from_another_checkpoints_tower(tmp_path: Path) -> None:
+    """init_tower copies vision_tower.* from a checkpoint (the tiny RGPT's by default)."""
+    import torch
+    from safetensors.torch import save_file
+
+    from adapters.gpt4roi.configuration_gpt4roi import GPT4RoIConfig
+    from adapters.gpt4roi.modeling_gpt4roi import GPT4RoIForCausalLM
+    from adapters.gpt4roi.processing_gpt4roi import word_tokenizer_ids
+    from adapters.gpt4roi.train import Recipe, _initial_tower
+
+    config = GPT4RoIConfig.tiny(64, word_tokenizer_ids(), llm_hidden=32, llm_layers=1)
+    source = GPT4RoIForCausalLM(config)
+    torch.nn.init.normal_(source.vision_tower.embeddings.patch_embedding.weight)
+    save_file({f"vision_tower.{k}": v.contiguous() for k, v in source.vision_tower.state_dict().items()}
+              | {"connector.0.weight": torch.zeros(2, 2)}, str(tmp_path / "model.safetensors"))
+    target = GPT4RoIForCausalLM(config)
+    _initial_tower(target, Recipe(init_tower=str(tmp_path)))
+    assert all(torch.equal(a, b) for a, b in zip(source.vision_tower.state_dict().values(),
+                                                  target.vision_tower.state_dict().values(), strict=True))
+    with pytest.raises(FileNotFoundError, match="init_tower"):
+        _initial_tower(target, Recipe(init_tower=str(tmp_path / "absent")))
