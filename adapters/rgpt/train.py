@@ -49,14 +49,16 @@ class Recipe:
 
     seed: int = 0
     image_size: int = 128          # tiny: 128 px, patch 8 -> 16x16 grid, refined to 64x64
-    train_images: int = 2000       # synthetic training images when no data root is given
-    vision_steps: int = 1500       # stage 0: the tiny tower's stand-in for CLIP pre-training
-    vision_lr: float = 1e-3
-    stage1_steps: int = 300
-    stage2_steps: int = 3000
+    image_token_grid: int = 4      # image tokens = 4x4 pooled cells (64 tokens left the LLM at chance)
+    train_images: int = 20000      # synthetic training images when no data root is given
+    vision_steps: int = 12000      # stage 0: the tiny tower's stand-in for CLIP pre-training
+    vision_batch_size: int = 16
+    vision_lr: float = 3e-3
+    stage1_steps: int = 200
+    stage2_steps: int = 4500
     batch_size: int = 32
     stage1_lr: float = 2e-3
-    stage2_lr: float = 1e-3
+    stage2_lr: float = 2e-3
     warmup_steps: int = 100
     # Conversations per kind after re-weighting (REC and relations are the hardest).
     mix: tuple[tuple[str, int], ...] = (
@@ -152,6 +154,7 @@ def train_tiny_rgpt(data_root: Path | None, out_dir: Path, recipe: Recipe = Reci
     tokenizer = build_word_tokenizer(all_texts(base))
     config = RGPTConfig.tiny(vocab_size=len(tokenizer), **config_token_ids(tokenizer))
     config.vision_config.image_size = recipe.image_size
+    config.image_token_grid = recipe.image_token_grid
     model = RGPTForCausalLM(config)
     processor = RGPTProcessor(tokenizer, config)
 
@@ -173,7 +176,7 @@ def train_tiny_rgpt(data_root: Path | None, out_dir: Path, recipe: Recipe = Reci
             data_root, "train", processor.image, processor.masks, config.patch_grid)
         pretrain_vision_tower(model.vision_tower, vision_examples, len(names), config.vision_select_layer,
                               VisionRecipe(steps=recipe.vision_steps, lr=recipe.vision_lr, seed=recipe.seed,
-                                           batch_size=recipe.batch_size),
+                                           batch_size=recipe.vision_batch_size),
                               progress=progress, log_path=vision_dir / "log.json")
         del vision_examples
         save_file({k: v.contiguous() for k, v in model.vision_tower.state_dict().items()}, str(tower_file))

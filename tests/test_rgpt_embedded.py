@@ -1,0 +1,106 @@
+"""The embedded tiny RGPT checkpoint (``adapters/rgpt/checkpoints/tiny/``), trained by ``bench train rgpt``.
+
+It must reach the RGPT issue's minimum scores on the synthetic suite's evaluation splits
+(coco-cls accuracy 90, pope-adversarial F1 85, refcocog-rec accuracy 80, captions well above
+a nearest-category baseline), and it must read the regions: asking about another object of
+the same image changes the answer to that object's category.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from adapters.rgpt.adapter import EMBEDDED_TINY
+from bench.synthetic.vocab import CATEGORIES
+from tests.plugin_utils import run_bench
+
+CAPTION_TASKS = ("refcocog-cap", "vg-cap")
+
+# Until `bench train rgpt` produces a checkpoint that meets the issue's scores, none is committed
+# and these tests are skipped, saying why (README, "Training the tiny RGPT").
+pytestmark = pytest.mark.skipif(not (EMBEDDED_TINY / "model.safetensors").is_file(),
+                                reason="no embedded tiny RGPT checkpoint yet (adapters/rgpt/checkpoints/tiny/)")
+CATEGORY_WORD = re.compile(r"\b(" + "|".join(c.name for c in CATEGORIES) + r")\b")
+
+
+def test_the_checkpoint_is_embedded_as_safetensors() -> None:
+    names = {p.name for p in EMBEDDED_TINY.iterdir()}
+    assert {"config.json", "model.safetensors", "tokenizer.json", "recipe.json"} <= names
+    assert not any(name.endswith((".bin", ".pt", ".pkl", ".pth")) for name in names)
+    assert json.loads((EMBEDDED_TINY / "config.json").read_text())["size"] == "tiny"
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("embedded")
+    result = run_bench("run", "--model", "rgpt", "--task", "coco-cls,pope-adversarial,refcocog-rec,"
+                       + ",".join(CAPTION_TASKS), "--output", str(out), "--batch-size", "16", "--no-progress")
+    assert result.returncode == 0, result.stderr
+    assert "using the embedded tiny RGPT checkpoint" in result.stderr  # the one-line notice
+    return out
+
+
+def _results(run_dir: Path) -> dict:
+    return json.loads((run_dir / "results.json").read_text())["results"]
+
+
+def test_minimum_scores_on_the_evaluation_split(run_dir: Path) -> None:
+    results = _results(run_dir)
+    assert results["coco-cls"]["accuracy"] >= 90.0
+    assert results["pope-adversarial"]["f1"] >= 85.0
+    assert results["refcocog-rec"]["accuracy"] >= 80.0
+
+
+def _nearest_category_captions(samples: Path, article: str) -> tuple[list[str], list[list[str]]]:
+    """A perfect classifier that names only the category: '{article} {category}' per region."""
+    candidates, references = [], []
+    for line in samples.read_text().splitlines():
+        record = json.loads(line)
+        words = CATEGORY_WORD.findall(" ".join(record["target"]).lower())
+        candidates.append(f"{article} {words[0]}" if words else article)
+        references.append(record["target"])
+    return candidates, references
+
+
+@pytest.mark.parametrize(("task", "article"), [("refcocog-cap", "the"), ("vg-cap", "a")])
+def test_captions_are_well_above_a_nearest_category_baseline(run_dir: Path, task: str, article: str) -> None:
+    from bench.metrics.captions import caption_metrics
+
+    model = _results(run_dir)[task]
+    baseline = caption_metrics(*_nearest_category_captions(run_dir / f"samples_{task}.jsonl", article))
+    assert model["meteor"] >= baseline["meteor"] + 5.0, (model, baseline)
+    assert model["cider"] >= 1.5 * baseline["cider"], (model, baseline)
+
+
+def test_the_answer_follows_the_region() -> None:
+    """Same image, same question; the region moves from one object to another of another category."""
+    from bench.evaluate import resolve_data_root
+    from bench.registry import build_adapter
+    from tasks.coco_cls import CocoClassification
+
+    task = CocoClassification(resolve_data_root(None))
+    adapter = build_adapter("rgpt", {}, device="cpu", batch_size=16, seed=0)
+    by_image: dict[str, list] = {}
+    for sample in task.load_samples():
+        by_image.setdefault(sample.image.key, []).append(sample)
+    swaps = 0
+    followed = 0
+    for samples in list(by_image.values())[:30]:
+        first = samples[0]
+        other = next((s for s in samples[1:] if s.target["category"] != first.target["category"]), None)
+        if other is None:
+            continue
+        other = dataclasses.replace(other, prompt=first.prompt)  # the very same question
+        requests = [r for s in (first, other) for r in task.build_requests(s, adapter.capabilities)
+                    if r.kind == "generate"]
+        answers = adapter.generate(requests)
+        parsed = [task.process(s, [a]).parsed["answer"] for s, a in zip((first, other), answers, strict=True)]
+        swaps += 1
+        followed += parsed == [first.target["category"], other.target["category"]]
+    assert swaps >= 20
+    assert followed / swaps >= 0.85, f"{followed}/{swaps} swaps changed the answer to the new object's category"
