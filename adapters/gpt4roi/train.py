@@ -22,7 +22,6 @@ Re-running the same call resumes.
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,11 +29,10 @@ from typing import Any
 
 import torch
 
-from bench.training import Conversation, Stage, all_texts, build_conversations, kind_counts, mix, train
-from bench.training.vision import VisionRecipe, build_vision_examples, init_sincos_positions, pretrain_vision_tower
+from bench.training import Conversation, Stage, all_texts, build_conversations, mix, train
+from bench.training.runs import record_seconds, stage0_tower, write_recipe
+from bench.training.vision import VisionRecipe, build_vision_examples, init_sincos_positions
 
-VISION_DIR = "vision"
-TOWER_FILE = "tower.safetensors"
 RGPT_TINY = Path(__file__).resolve().parents[1] / "rgpt" / "checkpoints" / "tiny"
 LLM_PREFIXES = ("model.embed_tokens.", "model.layers.", "model.norm.", "lm_head.")
 EXTRACTOR_PREFIXES = ("model.mm_projector.", "model.spi_module.")
@@ -136,8 +134,6 @@ def train_tiny_gpt4roi(data_root: Path | None, out_dir: Path, recipe: Recipe = R
                        conversations: Sequence[Conversation] | None = None) -> Path:
     """Train the tiny GPT4RoI on ``data_root``'s training split (default: the RGPT training suite);
     the checkpoint lands in ``out_dir``. Re-running the same call resumes after an interruption."""
-    from safetensors.torch import load_file, save_file
-
     from adapters.gpt4roi.configuration_gpt4roi import GPT4RoIConfig
     from adapters.gpt4roi.modeling_gpt4roi import GPT4RoIForCausalLM
     from adapters.gpt4roi.processing_gpt4roi import (
@@ -160,31 +156,14 @@ def train_tiny_gpt4roi(data_root: Path | None, out_dir: Path, recipe: Recipe = R
     model = GPT4RoIForCausalLM(config)
     processor = GPT4RoIProcessor(tokenizer, config)
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "recipe.json").write_text(json.dumps({
-        "recipe": dataclasses.asdict(recipe), "data_root": str(data_root),
-        "conversations": kind_counts(base), "examples": kind_counts(examples),
-    }, indent=2) + "\n")
-
-    vision_dir = out_dir / VISION_DIR
-    tower_file = vision_dir / TOWER_FILE
-    if tower_file.is_file():
-        model.vision_tower.load_state_dict(load_file(str(tower_file)))
-    else:
-        vision_dir.mkdir(exist_ok=True)
-        _initial_tower(model, recipe)
-        if recipe.vision_steps:
-            vision_examples, names = build_vision_examples(
-                data_root, "train", processor.image,
-                lambda regions, w, h: stretched_masks(regions, w, h, config.image_size), config.patch_grid)
-            pretrain_vision_tower(model.vision_tower, vision_examples, len(names), config.vision_select_layer,
-                                  VisionRecipe(steps=recipe.vision_steps, lr=recipe.vision_lr, seed=recipe.seed,
-                                               batch_size=recipe.vision_batch_size),
-                                  progress=progress, log_path=vision_dir / "log.json")
-            del vision_examples
-        save_file({k: v.contiguous() for k, v in model.vision_tower.state_dict().items()}, str(tower_file))
-    model.vision_tower.requires_grad_(False)
-    model.vision_tower.eval()
+    write_recipe(out_dir, recipe, data_root, base, examples)
+    stage0_tower(model.vision_tower, out_dir, lambda: _initial_tower(model, recipe),
+                 lambda: build_vision_examples(data_root, "train", processor.image,
+                                               lambda regions, w, h: stretched_masks(regions, w, h, config.image_size),
+                                               config.patch_grid),
+                 config.vision_select_layer, VisionRecipe(steps=recipe.vision_steps, lr=recipe.vision_lr,
+                                                          seed=recipe.seed, batch_size=recipe.vision_batch_size),
+                 progress=progress)
 
     images = {c.image.key: c.image for c in base}
     states, sizes = precompute_states(model, processor, images)
@@ -194,7 +173,5 @@ def train_tiny_gpt4roi(data_root: Path | None, out_dir: Path, recipe: Recipe = R
 
     train(model, examples, CachedCollate(processor, states, sizes), stages(recipe), out_dir, seed=recipe.seed,
           save_model=save, progress=progress)
-    timing = json.loads((out_dir / "recipe.json").read_text())
-    timing["seconds_last_call"] = round(time.time() - started, 1)
-    (out_dir / "recipe.json").write_text(json.dumps(timing, indent=2) + "\n")
+    record_seconds(out_dir, started)
     return out_dir

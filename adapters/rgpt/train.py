@@ -28,7 +28,6 @@ trainer's). Re-running the same call resumes.
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -36,11 +35,9 @@ from typing import Any
 
 import torch
 
-from bench.training import Conversation, Stage, all_texts, build_conversations, kind_counts, mix, train
-from bench.training.vision import VisionRecipe, build_vision_examples, init_sincos_positions, pretrain_vision_tower
-
-VISION_DIR = "vision"
-TOWER_FILE = "tower.safetensors"
+from bench.training import Conversation, Stage, all_texts, build_conversations, mix, train
+from bench.training.runs import record_seconds, stage0_tower, write_recipe
+from bench.training.vision import VisionRecipe, build_vision_examples, init_sincos_positions
 
 
 @dataclasses.dataclass(frozen=True)
@@ -139,8 +136,6 @@ def train_tiny_rgpt(data_root: Path | None, out_dir: Path, recipe: Recipe = Reci
                     conversations: Sequence[Conversation] | None = None) -> Path:
     """Train the tiny RGPT on ``data_root``'s training split (default: :func:`training_suite`);
     the checkpoint lands in ``out_dir``. Re-running the same call resumes after an interruption."""
-    from safetensors.torch import load_file, save_file
-
     from adapters.rgpt.configuration_rgpt import RGPTConfig
     from adapters.rgpt.modeling_rgpt import RGPTForCausalLM
     from adapters.rgpt.processing_rgpt import RGPTProcessor, build_word_tokenizer, config_token_ids
@@ -158,30 +153,14 @@ def train_tiny_rgpt(data_root: Path | None, out_dir: Path, recipe: Recipe = Reci
     model = RGPTForCausalLM(config)
     processor = RGPTProcessor(tokenizer, config)
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "recipe.json").write_text(json.dumps({
-        "recipe": dataclasses.asdict(recipe), "data_root": str(data_root),
-        "conversations": kind_counts(base), "examples": kind_counts(examples),
-    }, indent=2) + "\n")
-
+    write_recipe(out_dir, recipe, data_root, base, examples)
     # Stage 0: the tiny tower's stand-in for CLIP pre-training, then frozen for good.
-    vision_dir = out_dir / VISION_DIR
-    tower_file = vision_dir / TOWER_FILE
-    if tower_file.is_file():
-        model.vision_tower.load_state_dict(load_file(str(tower_file)))
-    else:
-        vision_dir.mkdir(exist_ok=True)
-        init_sincos_positions(model.vision_tower)
-        vision_examples, names = build_vision_examples(
-            data_root, "train", processor.image, processor.masks, config.patch_grid)
-        pretrain_vision_tower(model.vision_tower, vision_examples, len(names), config.vision_select_layer,
-                              VisionRecipe(steps=recipe.vision_steps, lr=recipe.vision_lr, seed=recipe.seed,
-                                           batch_size=recipe.vision_batch_size),
-                              progress=progress, log_path=vision_dir / "log.json")
-        del vision_examples
-        save_file({k: v.contiguous() for k, v in model.vision_tower.state_dict().items()}, str(tower_file))
-    model.vision_tower.requires_grad_(False)
-    model.vision_tower.eval()
+    stage0_tower(model.vision_tower, out_dir, lambda: init_sincos_positions(model.vision_tower),
+                 lambda: build_vision_examples(data_root, "train", processor.image, processor.masks,
+                                               config.patch_grid),
+                 config.vision_select_layer, VisionRecipe(steps=recipe.vision_steps, lr=recipe.vision_lr,
+                                                          seed=recipe.seed, batch_size=recipe.vision_batch_size),
+                 progress=progress)
 
     images = {c.image.key: c.image for c in base}
     grids, sizes = precompute_grids(model, processor, images)
@@ -191,7 +170,5 @@ def train_tiny_rgpt(data_root: Path | None, out_dir: Path, recipe: Recipe = Reci
 
     train(model, examples, CachedCollate(processor, grids, sizes, config.refined_grid), stages(recipe), out_dir,
           seed=recipe.seed, save_model=save, progress=progress)
-    timing = json.loads((out_dir / "recipe.json").read_text())
-    timing["seconds_last_call"] = round(time.time() - started, 1)
-    (out_dir / "recipe.json").write_text(json.dumps(timing, indent=2) + "\n")
+    record_seconds(out_dir, started)
     return out_dir

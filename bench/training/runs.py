@@ -1,0 +1,69 @@
+"""What every tiny-model training run writes and reuses, whatever the model.
+
+* ``recipe.json``: the recipe, the data root, conversation counts per kind, and the
+  seconds of the last call (:func:`write_recipe`, :func:`record_seconds`).
+* ``vision/tower.safetensors``: the stage-0 tower (:func:`stage0_tower`). A re-run with
+  the same ``out_dir`` loads it instead of training it again, which is what makes a
+  resumed run cheap (stage 0 is about half of a tiny run).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from bench.training.conversations import kind_counts
+from bench.training.vision import VisionExample, VisionRecipe, pretrain_vision_tower
+
+RECIPE_FILE = "recipe.json"
+VISION_DIR = "vision"
+TOWER_FILE = "tower.safetensors"
+
+
+def write_recipe(out_dir: Path, recipe: Any, data_root: Path, conversations: Sequence[Any],
+                 examples: Sequence[Any]) -> None:
+    """``recipe.json``: every setting, the data, and what the conversations were."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / RECIPE_FILE).write_text(json.dumps({
+        "recipe": dataclasses.asdict(recipe), "data_root": str(data_root),
+        "conversations": kind_counts(conversations), "examples": kind_counts(examples),
+    }, indent=2) + "\n")
+
+
+def record_seconds(out_dir: Path, started: float) -> None:
+    """Add the wall-clock seconds of this call to ``recipe.json``."""
+    path = out_dir / RECIPE_FILE
+    data = json.loads(path.read_text())
+    data["seconds_last_call"] = round(time.time() - started, 1)
+    path.write_text(json.dumps(data, indent=2) + "\n")
+
+
+def stage0_tower(tower: nn.Module, out_dir: Path, initialise: Callable[[], None],
+                 build_examples: Callable[[], tuple[list[VisionExample], list[str]]], select_layer: int,
+                 recipe: VisionRecipe, progress: bool = True) -> None:
+    """Load ``out_dir/vision/tower.safetensors`` if a previous call wrote it; else ``initialise()``,
+    pre-train on ``build_examples()`` for ``recipe.steps`` steps (none: keep the initial tower) and
+    save. Either way the tower ends frozen, in eval mode, as CLIP is in the papers."""
+    from safetensors.torch import load_file, save_file
+
+    vision_dir = out_dir / VISION_DIR
+    tower_file = vision_dir / TOWER_FILE
+    if tower_file.is_file():
+        tower.load_state_dict(load_file(str(tower_file)))
+    else:
+        vision_dir.mkdir(parents=True, exist_ok=True)
+        initialise()
+        if recipe.steps:
+            examples, names = build_examples()
+            pretrain_vision_tower(tower, examples, len(names), select_layer, recipe, progress=progress,
+                                  log_path=vision_dir / "log.json")
+            del examples
+        save_file({k: v.contiguous() for k, v in tower.state_dict().items()}, str(tower_file))
+    tower.requires_grad_(False)
+    tower.eval()
