@@ -171,7 +171,9 @@ def train_rgpt(
     vision_steps: Annotated[Optional[int], typer.Option(
         help="Stage 0 steps (the tiny vision tower's stand-in for CLIP pre-training).")] = None,
     stage1_steps: Annotated[Optional[int], typer.Option(help="Stage 1 steps (refinement + connector).")] = None,
-    stage2_steps: Annotated[Optional[int], typer.Option(help="Stage 2 steps (+ LLM).")] = None,
+    regions_first_steps: Annotated[Optional[int], typer.Option(
+        help="Steps of region classification alone that open stage 2 (0: none).")] = None,
+    stage2_steps: Annotated[Optional[int], typer.Option(help="Stage 2 steps on the full mix (+ LLM).")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Conversations per step.")] = None,
     image_size: Annotated[Optional[int], typer.Option(help="Input resolution of the tiny model.")] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar with the loss.")] = True,
@@ -183,8 +185,8 @@ def train_rgpt(
     from bench.evaluate import resolve_data_root
 
     overrides = {"seed": seed, "stage1_steps": stage1_steps, "stage2_steps": stage2_steps,
-                 "batch_size": batch_size, "image_size": image_size, "train_images": train_images,
-                 "vision_steps": vision_steps}
+                 "regions_first_steps": regions_first_steps, "batch_size": batch_size, "image_size": image_size,
+                 "train_images": train_images, "vision_steps": vision_steps}
     recipe = dataclasses.replace(Recipe(), **{k: v for k, v in overrides.items() if v is not None})
     root = train_tiny_rgpt(resolve_data_root(data_root) if data_root is not None else None, out, recipe,
                            progress=progress)

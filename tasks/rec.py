@@ -5,9 +5,14 @@ For every referring expression of the split (one sample per sentence, id
 ``<regionK>`` and names the one the expression refers to::
 
     Which region does the description "{expression}" refer to? Candidates:
-    <region1> <region2> ... <regionK>. Answer the question using the template Region [x].
+    Region [1] <region1>, Region [2] <region2>, ..., Region [K] <regionK>.
+    Answer the question using the template Region [x].
 
 (one line; the last sentence is RegionGPT's task-guided format instruction).
+Each candidate is labelled with the name the answer must use: a model that
+writes a region as a bare feature token (RegionGPT's ``<region>``) has no other
+way to know which number a region has than counting tokens (version 1 of this
+task listed bare placeholders).
 
 Candidates, deterministic and recorded in each sample's ``metadata``:
 
@@ -110,7 +115,7 @@ def stable_shuffle(items: Sequence[Any], seed: str) -> list[Any]:
 
 
 def build_prompt(expression: str, n_candidates: int) -> str:
-    regions = " ".join(f"<region{k}>" for k in range(1, n_candidates + 1))
+    regions = ", ".join(f"{choice_label(k)} <region{k}>" for k in range(1, n_candidates + 1))
     return PROMPT.format(expression=expression, regions=regions)
 
 
@@ -118,7 +123,7 @@ def build_prompt(expression: str, n_candidates: int) -> str:
 class RefCOCOgREC(Task):
     name = "refcocog-rec"
     description = "RefCOCOg REC with detector proposals: answer 'Region [k]' (accuracy at IoU 0.5)"
-    version = "1"
+    version = "2"  # 2: candidates labelled "Region [k]" in the prompt
     metrics = ("accuracy", "unparseable", "gt_added")
     splits = ("val", "test")
     default_split = "val"

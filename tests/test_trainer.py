@@ -212,6 +212,34 @@ def test_bad_arguments(tmp_path: Path) -> None:
         train(Toy(), [], collate, STAGES, tmp_path / "empty", progress=False)
 
 
+def test_stages_draw_from_their_named_example_set(tmp_path: Path) -> None:
+    """A curriculum: each stage samples only from the set its ``data`` names."""
+    examples = make_examples()
+    seen: dict[str, set[float]] = {"first": set(), "second": set()}
+
+    def recording(batch: list[tuple[torch.Tensor, float]]) -> dict[str, torch.Tensor]:
+        seen[current[0]].update(y for _, y in batch)
+        return collate(batch)
+
+    current = ["first"]
+    stages = (Stage("first", ("head.",), steps=6, lr=0.05, batch_size=4, data="easy"),
+              Stage("second", ("head.",), steps=6, lr=0.05, batch_size=4))
+
+    def switch(record: dict) -> None:
+        if record["stage"] == "first" and record["step"] == 6:
+            current[0] = "second"
+
+    train(Toy(), {"easy": examples[:5], "all": examples}, recording, stages, tmp_path, progress=False,
+          callback=switch)
+    assert seen["first"] <= {y for _, y in examples[:5]} and seen["first"]
+    assert len(seen["second"] - {y for _, y in examples[:5]}) > 0
+    with pytest.raises(ValueError, match="example set 'missing'"):
+        train(Toy(), {"all": examples}, collate, (Stage("s", ("head.",), 1, 0.1, 2, data="missing"),),
+              tmp_path / "bad", progress=False)
+    with pytest.raises(ValueError, match="no training examples in set 'easy'"):
+        train(Toy(), {"easy": [], "all": examples}, collate, stages, tmp_path / "empty", progress=False)
+
+
 def test_non_finite_loss_stops(tmp_path: Path) -> None:
     examples = make_examples()
     examples[0] = (examples[0][0], float("nan"))

@@ -40,7 +40,7 @@ import math
 import os
 import random
 import shutil
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -63,7 +63,12 @@ class TrainingError(RuntimeError):
 
 @dataclass
 class Stage:
-    """One training stage: which parameters train (name prefixes), for how many steps, how fast."""
+    """One training stage: which parameters train (name prefixes), for how many steps, how fast, on what.
+
+    ``data`` names the example set the stage draws from when :func:`train` is given several
+    (a curriculum: e.g. region classification alone before the full mix); with one plain
+    sequence of examples every stage uses it.
+    """
 
     name: str
     trainable: tuple[str, ...]
@@ -72,6 +77,7 @@ class Stage:
     batch_size: int
     warmup_steps: int = 0
     weight_decay: float = 0.0
+    data: str = "all"
 
     def lr_at(self, step: int) -> float:
         """Learning rate for 0-based ``step``: linear warm-up to ``lr``, then cosine decay to 0 at ``steps``."""
@@ -84,7 +90,7 @@ class Stage:
 
 def train(
     model: torch.nn.Module,
-    examples: Sequence[Any],
+    examples: Sequence[Any] | Mapping[str, Sequence[Any]],
     collate: Callable[[list[Any]], dict[str, Any]],
     stages: Sequence[Stage],
     out_dir: Path,
@@ -96,15 +102,17 @@ def train(
 ) -> list[dict[str, Any]]:
     """Train ``model`` through ``stages``; return the per-step log (including steps of earlier, resumed calls).
 
+    ``examples``: one sequence for every stage, or named sets that each stage picks by ``Stage.data``.
     ``checkpoint_every``: steps between resume checkpoints (0: only at stage ends).
     ``save_model(model, out_dir)`` is called once all stages are done, to write the final checkpoint.
     ``callback(record)`` is called after every step with its log record (raising from it stops
     training; the next call resumes from the last checkpoint).
     """
     out_dir = Path(out_dir)
-    _check_arguments(examples, stages, checkpoint_every)
+    sets = dict(examples) if isinstance(examples, Mapping) else {"all": examples}
+    _check_arguments(sets, stages, checkpoint_every)
     out_dir.mkdir(parents=True, exist_ok=True)
-    signature = _signature(stages, len(examples), seed)
+    signature = _signature(stages, {name: len(chosen) for name, chosen in sets.items()}, seed)
     torch.manual_seed(seed)
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -125,7 +133,8 @@ def train(
         if first_step > 0:
             state = torch.load(resume / OPTIMIZER_FILE, map_location=_device(model), weights_only=True)
             optimizer.load_state_dict(state)
-        sampler = _Sampler(len(examples), stage.batch_size, seed, stage_index)
+        stage_examples = sets[stage.data]
+        sampler = _Sampler(len(stage_examples), stage.batch_size, seed, stage_index)
         model.train()
         bar = _progress_bar(progress, stage, first_step)
         try:
@@ -133,7 +142,7 @@ def train(
                 lr = stage.lr_at(step)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
-                batch = _to_device(collate([examples[i] for i in sampler.batch(step)]), _device(model))
+                batch = _to_device(collate([stage_examples[i] for i in sampler.batch(step)]), _device(model))
                 loss = _loss(model(**batch))
                 if not torch.isfinite(loss):
                     raise TrainingError(f"{stage.name}, step {step}: the loss is {loss.item()}")
@@ -165,9 +174,14 @@ def train(
 # ------------------------------------------------------------------ stages
 
 
-def _check_arguments(examples: Sequence[Any], stages: Sequence[Stage], checkpoint_every: int) -> None:
-    if len(examples) == 0:
-        raise ValueError("no training examples")
+def _check_arguments(sets: Mapping[str, Sequence[Any]], stages: Sequence[Stage], checkpoint_every: int) -> None:
+    for stage in stages:
+        if stage.data not in sets:
+            raise ValueError(f"stage {stage.name!r} trains on example set {stage.data!r}, but only "
+                             f"{sorted(sets)} were given")
+    for name, chosen in sets.items():
+        if len(chosen) == 0:
+            raise ValueError(f"no training examples in set {name!r}")
     if not stages:
         raise ValueError("no stages to run")
     names = [s.name for s in stages]
@@ -250,7 +264,7 @@ def _progress_bar(enabled: bool, stage: Stage, first_step: int) -> Any:
 # ------------------------------------------------------------------ resume
 
 
-def _signature(stages: Sequence[Stage], n_examples: int, seed: int) -> dict[str, Any]:
+def _signature(stages: Sequence[Stage], n_examples: dict[str, int], seed: int) -> dict[str, Any]:
     return {"stages": [{**asdict(s), "trainable": list(s.trainable)} for s in stages],
             "n_examples": n_examples, "seed": seed}
 
