@@ -210,7 +210,9 @@ def train_gpt4roi(
              "train the tower from scratch.")] = None,
     vision_steps: Annotated[Optional[int], typer.Option(help="Stage 0 steps (tower adaptation).")] = None,
     stage1_steps: Annotated[Optional[int], typer.Option(help="Stage 1 steps (projector + region extractor).")] = None,
-    stage2_steps: Annotated[Optional[int], typer.Option(help="Stage 2 steps (+ LLM).")] = None,
+    regions_first_steps: Annotated[Optional[int], typer.Option(
+        help="Steps of region classification alone that open stage 2 (0: none).")] = None,
+    stage2_steps: Annotated[Optional[int], typer.Option(help="Stage 2 steps on the full mix (+ LLM).")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Conversations per step.")] = None,
     image_size: Annotated[Optional[int], typer.Option(help="Input resolution of the tiny model.")] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar with the loss.")] = True,
@@ -222,7 +224,8 @@ def train_gpt4roi(
     from bench.evaluate import resolve_data_root
 
     overrides: dict[str, Any] = {"seed": seed, "stage1_steps": stage1_steps, "stage2_steps": stage2_steps,
-                                 "batch_size": batch_size, "train_images": train_images, "vision_steps": vision_steps,
+                                 "regions_first_steps": regions_first_steps, "batch_size": batch_size,
+                                 "train_images": train_images, "vision_steps": vision_steps,
                                  "image_size": image_size}
     recipe = dataclasses.replace(Recipe(), **{k: v for k, v in overrides.items() if v is not None})
     if init_tower is not None:

@@ -30,7 +30,7 @@ from typing import Any
 import torch
 
 from bench.training import Conversation, Stage, all_texts, build_conversations, mix, train
-from bench.training.runs import record_seconds, stage0_tower, write_recipe
+from bench.training.runs import example_sets, paper_stages, record_seconds, stage0_tower, write_recipe
 from bench.training.vision import VisionRecipe, build_vision_examples, init_sincos_positions
 
 RGPT_TINY = Path(__file__).resolve().parents[1] / "rgpt" / "checkpoints" / "tiny"
@@ -50,6 +50,7 @@ class Recipe:
     vision_batch_size: int = 16
     vision_lr: float = 1e-3
     stage1_steps: int = 200
+    regions_first_steps: int = 1500  # stage 2 opens with region classification alone
     stage2_steps: int = 2500
     batch_size: int = 32
     stage1_lr: float = 2e-3
@@ -61,14 +62,9 @@ class Recipe:
 
 
 def stages(recipe: Recipe) -> list[Stage]:
-    """GPT4RoI's two stages: (1) projector + region extractor; (2) + the LLM. CLIP is never trained here."""
-    return [
-        Stage("stage1", EXTRACTOR_PREFIXES, recipe.stage1_steps, recipe.stage1_lr, recipe.batch_size,
-              warmup_steps=min(recipe.warmup_steps, recipe.stage1_steps // 2)),
-        Stage("stage2", EXTRACTOR_PREFIXES + LLM_PREFIXES, recipe.stage2_steps, recipe.stage2_lr,
-              recipe.batch_size, warmup_steps=min(recipe.warmup_steps, recipe.stage2_steps // 2),
-              weight_decay=0.01),
-    ]
+    """GPT4RoI's two stages: (1) projector + region extractor; (2) + the LLM, opening with region
+    classification alone (:func:`bench.training.runs.paper_stages` says why). CLIP is never trained here."""
+    return paper_stages(recipe, EXTRACTOR_PREFIXES, LLM_PREFIXES)
 
 
 class CachedCollate:
@@ -171,7 +167,7 @@ def train_tiny_gpt4roi(data_root: Path | None, out_dir: Path, recipe: Recipe = R
     def save(trained: torch.nn.Module, directory: Path) -> None:
         trained.save_pretrained(directory, tokenizer=tokenizer)
 
-    train(model, examples, CachedCollate(processor, states, sizes), stages(recipe), out_dir, seed=recipe.seed,
-          save_model=save, progress=progress)
+    train(model, example_sets(base, examples), CachedCollate(processor, states, sizes), stages(recipe), out_dir,
+          seed=recipe.seed, save_model=save, progress=progress)
     record_seconds(out_dir, started)
     return out_dir

@@ -36,7 +36,7 @@ from typing import Any
 import torch
 
 from bench.training import Conversation, Stage, all_texts, build_conversations, mix, train
-from bench.training.runs import record_seconds, stage0_tower, write_recipe
+from bench.training.runs import example_sets, paper_stages, record_seconds, stage0_tower, write_recipe
 from bench.training.vision import VisionRecipe, build_vision_examples, init_sincos_positions
 
 
@@ -65,25 +65,9 @@ class Recipe:
 
 
 def stages(recipe: Recipe) -> list[Stage]:
-    """The paper's two stages: (1) refinement + connector; (2) + the LLM. CLIP is never trained here.
-
-    Stage 2 opens with ``regions_first_steps`` of region classification alone (example set
-    ``"classification"``), then the full mix (``"all"``). Why: the tiny LLM starts from random
-    weights, not from Vicuna, and on the full mix it learns every answer format from the text
-    alone and never starts reading the vision tokens (measured: chance on every task after
-    2400 steps). Classification cannot be answered from the text, so it forces the attention
-    onto the region token first (about 76% val accuracy after 750 steps); the mix then builds on it.
-    """
-    llm = ("refinement.", "connector.", "llm.")
-    out = [Stage("stage1", ("refinement.", "connector."), recipe.stage1_steps, recipe.stage1_lr, recipe.batch_size,
-                 warmup_steps=min(recipe.warmup_steps, recipe.stage1_steps // 2))]
-    if recipe.regions_first_steps:
-        out.append(Stage("stage2-regions", llm, recipe.regions_first_steps, recipe.stage2_lr, recipe.batch_size,
-                         warmup_steps=min(recipe.warmup_steps, recipe.regions_first_steps // 2),
-                         weight_decay=0.01, data="classification"))
-    out.append(Stage("stage2", llm, recipe.stage2_steps, recipe.stage2_lr, recipe.batch_size,
-                     warmup_steps=min(recipe.warmup_steps, recipe.stage2_steps // 2), weight_decay=0.01))
-    return out
+    """The paper's two stages: (1) refinement + connector; (2) + the LLM, opening with region
+    classification alone (:func:`bench.training.runs.paper_stages` says why). CLIP is never trained here."""
+    return paper_stages(recipe, ("refinement.", "connector."), ("llm.",))
 
 
 class CachedCollate:
@@ -180,8 +164,8 @@ def train_tiny_rgpt(data_root: Path | None, out_dir: Path, recipe: Recipe = Reci
     def save(trained: torch.nn.Module, directory: Path) -> None:
         trained.save_pretrained(directory, tokenizer=tokenizer)
 
-    example_sets = {"all": examples, "classification": [c for c in base if c.kind == "classification"]}
-    train(model, example_sets, CachedCollate(processor, grids, sizes, config.refined_grid), stages(recipe), out_dir,
-          seed=recipe.seed, save_model=save, progress=progress)
+    collate = CachedCollate(processor, grids, sizes, config.refined_grid)
+    train(model, example_sets(base, examples), collate, stages(recipe), out_dir, seed=recipe.seed, save_model=save,
+          progress=progress)
     record_seconds(out_dir, started)
     return out_dir

@@ -5,6 +5,8 @@
 * ``vision/tower.safetensors``: the stage-0 tower (:func:`stage0_tower`). A re-run with
   the same ``out_dir`` loads it instead of training it again, which is what makes a
   resumed run cheap (stage 0 is about half of a tiny run).
+
+And the stage plan both papers share (:func:`paper_stages`, :func:`example_sets`).
 """
 
 from __future__ import annotations
@@ -19,11 +21,47 @@ from typing import Any
 from torch import nn
 
 from bench.training.conversations import kind_counts
+from bench.training.trainer import Stage
 from bench.training.vision import VisionExample, VisionRecipe, pretrain_vision_tower
 
 RECIPE_FILE = "recipe.json"
 VISION_DIR = "vision"
 TOWER_FILE = "tower.safetensors"
+
+
+REGIONS_FIRST = "classification"  # the example set that opens stage 2
+
+
+def paper_stages(recipe: Any, connector: tuple[str, ...], llm: tuple[str, ...]) -> list[Stage]:
+    """Both papers' two stages: (1) the vision-to-language parts (``connector`` prefixes) alone;
+    (2) those and the LLM (``llm`` prefixes). The vision tower is never trained here.
+
+    Stage 2 opens with ``recipe.regions_first_steps`` of region classification alone (example
+    set :data:`REGIONS_FIRST`), then the full mix (``"all"``). Why: a tiny LLM starts from random
+    weights, not from Vicuna, and on the full mix it learns every answer format from the text
+    alone and never starts reading the vision tokens (measured on the tiny RGPT: chance on every
+    task after 2400 steps). Region classification cannot be answered from the text, so it forces
+    the attention onto the region tokens first (76% val accuracy after 750 steps); the mix then
+    builds on that.
+    """
+    def warmup(steps: int) -> int:
+        return min(recipe.warmup_steps, steps // 2)
+
+    both = connector + llm
+    out = [Stage("stage1", connector, recipe.stage1_steps, recipe.stage1_lr, recipe.batch_size,
+                 warmup_steps=warmup(recipe.stage1_steps))]
+    if recipe.regions_first_steps:
+        out.append(Stage("stage2-regions", both, recipe.regions_first_steps, recipe.stage2_lr, recipe.batch_size,
+                         warmup_steps=warmup(recipe.regions_first_steps), weight_decay=0.01, data=REGIONS_FIRST))
+    out.append(Stage("stage2", both, recipe.stage2_steps, recipe.stage2_lr, recipe.batch_size,
+                     warmup_steps=warmup(recipe.stage2_steps), weight_decay=0.01))
+    return out
+
+
+def example_sets(conversations: Sequence[Any], examples: Sequence[Any]) -> dict[str, Sequence[Any]]:
+    """What :func:`paper_stages` draws from: ``"all"`` (the re-weighted mix) and every
+    classification conversation (not only the mix's share: the opening steps see each about once)."""
+    return {"all": examples, REGIONS_FIRST: [c for c in conversations if c.kind == "classification"]}
 
 
 def write_recipe(out_dir: Path, recipe: Any, data_root: Path, conversations: Sequence[Any],
