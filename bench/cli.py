@@ -157,6 +157,18 @@ def inspect_(
     typer.echo(inspect_model(model, registry.parse_model_args(model_args)))
 
 
+def _curriculum(text: str | None) -> tuple[tuple[str, int], ...] | None:
+    """``--curriculum`` parsed (None: the recipe's default); a malformed value is a usage error."""
+    from bench.training.runs import parse_curriculum
+
+    if text is None:
+        return None
+    try:
+        return parse_curriculum(text)
+    except ValueError as error:
+        raise typer.BadParameter(str(error), param_hint="--curriculum") from None
+
+
 @train_app.command("rgpt")
 @user_errors
 def train_rgpt(
@@ -171,8 +183,9 @@ def train_rgpt(
     vision_steps: Annotated[Optional[int], typer.Option(
         help="Stage 0 steps (the tiny vision tower's stand-in for CLIP pre-training).")] = None,
     stage1_steps: Annotated[Optional[int], typer.Option(help="Stage 1 steps (refinement + connector).")] = None,
-    regions_first_steps: Annotated[Optional[int], typer.Option(
-        help="Steps of region classification alone that open stage 2 (0: none).")] = None,
+    curriculum: Annotated[Optional[str], typer.Option(
+        help="Phases that open stage 2, each on one conversation kind alone: KIND=STEPS,... "
+             "(default classification=1000,pope=1000,rec=1000; 'none': the full mix only).")] = None,
     stage2_steps: Annotated[Optional[int], typer.Option(help="Stage 2 steps on the full mix (+ LLM).")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Conversations per step.")] = None,
     image_size: Annotated[Optional[int], typer.Option(help="Input resolution of the tiny model.")] = None,
@@ -185,8 +198,9 @@ def train_rgpt(
     from bench.evaluate import resolve_data_root
 
     overrides = {"seed": seed, "stage1_steps": stage1_steps, "stage2_steps": stage2_steps,
-                 "regions_first_steps": regions_first_steps, "batch_size": batch_size, "image_size": image_size,
-                 "train_images": train_images, "vision_steps": vision_steps}
+                 "batch_size": batch_size, "image_size": image_size,
+                 "train_images": train_images, "vision_steps": vision_steps,
+                 "curriculum": _curriculum(curriculum)}
     recipe = dataclasses.replace(Recipe(), **{k: v for k, v in overrides.items() if v is not None})
     root = train_tiny_rgpt(resolve_data_root(data_root) if data_root is not None else None, out, recipe,
                            progress=progress)
@@ -210,8 +224,9 @@ def train_gpt4roi(
              "train the tower from scratch.")] = None,
     vision_steps: Annotated[Optional[int], typer.Option(help="Stage 0 steps (tower adaptation).")] = None,
     stage1_steps: Annotated[Optional[int], typer.Option(help="Stage 1 steps (projector + region extractor).")] = None,
-    regions_first_steps: Annotated[Optional[int], typer.Option(
-        help="Steps of region classification alone that open stage 2 (0: none).")] = None,
+    curriculum: Annotated[Optional[str], typer.Option(
+        help="Phases that open stage 2, each on one conversation kind alone: KIND=STEPS,... "
+             "(default classification=1000,pope=1000,rec=1000; 'none': the full mix only).")] = None,
     stage2_steps: Annotated[Optional[int], typer.Option(help="Stage 2 steps on the full mix (+ LLM).")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Conversations per step.")] = None,
     image_size: Annotated[Optional[int], typer.Option(help="Input resolution of the tiny model.")] = None,
@@ -224,9 +239,9 @@ def train_gpt4roi(
     from bench.evaluate import resolve_data_root
 
     overrides: dict[str, Any] = {"seed": seed, "stage1_steps": stage1_steps, "stage2_steps": stage2_steps,
-                                 "regions_first_steps": regions_first_steps, "batch_size": batch_size,
-                                 "train_images": train_images, "vision_steps": vision_steps,
-                                 "image_size": image_size}
+                                 "batch_size": batch_size,
+                                 "train_images": train_images, "vision_steps": vision_steps, "image_size": image_size,
+                                 "curriculum": _curriculum(curriculum)}
     recipe = dataclasses.replace(Recipe(), **{k: v for k, v in overrides.items() if v is not None})
     if init_tower is not None:
         recipe = dataclasses.replace(recipe, init_tower=None if init_tower.lower() == "none" else init_tower)

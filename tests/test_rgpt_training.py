@@ -20,14 +20,15 @@ def small_suite(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_train_then_evaluate_tiny_rgpt(small_suite: Path, tmp_path: Path) -> None:
     out = tmp_path / "ckpt"
     args = ["train", "rgpt", "--out", str(out), "--data-root", str(small_suite), "--vision-steps", "2",
-            "--stage1-steps", "2", "--regions-first-steps", "2", "--stage2-steps", "3", "--batch-size", "4",
+            "--stage1-steps", "2", "--curriculum", "classification=2,pope=1", "--stage2-steps", "3",
+            "--batch-size", "4",
             "--image-size", "64", "--no-progress"]
     trained = run_bench(*args)
     assert trained.returncode == 0, trained.stderr
     log = json.loads((out / "log.json").read_text())
-    assert [(r["stage"], r["step"]) for r in log] == [("stage1", 1), ("stage1", 2), ("stage2-regions", 1),
-                                                      ("stage2-regions", 2), ("stage2", 1), ("stage2", 2),
-                                                      ("stage2", 3)]
+    assert [(r["stage"], r["step"]) for r in log] == [
+        ("stage1", 1), ("stage1", 2), ("stage2-classification", 1), ("stage2-classification", 2),
+        ("stage2-pope", 1), ("stage2", 1), ("stage2", 2), ("stage2", 3)]
     vision_log = json.loads((out / "vision" / "log.json").read_text())
     assert [r["step"] for r in vision_log["log"]] == [1, 2]
     weights = load_file(str(out / "model.safetensors"))

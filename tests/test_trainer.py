@@ -238,6 +238,9 @@ def test_stages_draw_from_their_named_example_set(tmp_path: Path) -> None:
               tmp_path / "bad", progress=False)
     with pytest.raises(ValueError, match="no training examples in set 'easy'"):
         train(Toy(), {"easy": [], "all": examples}, collate, stages, tmp_path / "empty", progress=False)
+    # An empty set no stage draws from is no error (a data root without one conversation kind).
+    log = train(Toy(), {"unused": [], "all": examples}, collate, stages[1:], tmp_path / "unused", progress=False)
+    assert len(log) == 6
 
 
 def test_non_finite_loss_stops(tmp_path: Path) -> None:

@@ -6,7 +6,8 @@
   the same ``out_dir`` loads it instead of training it again, which is what makes a
   resumed run cheap (stage 0 is about half of a tiny run).
 
-And the stage plan both papers share (:func:`paper_stages`, :func:`example_sets`).
+And the stage plan both papers share (:func:`paper_stages`, :func:`example_sets`,
+:func:`parse_curriculum`).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Any
 
 from torch import nn
 
-from bench.training.conversations import kind_counts
+from bench.training.conversations import KINDS, kind_counts
 from bench.training.trainer import Stage
 from bench.training.vision import VisionExample, VisionRecipe, pretrain_vision_tower
 
@@ -29,20 +30,19 @@ VISION_DIR = "vision"
 TOWER_FILE = "tower.safetensors"
 
 
-REGIONS_FIRST = "classification"  # the example set that opens stage 2
-
-
 def paper_stages(recipe: Any, connector: tuple[str, ...], llm: tuple[str, ...]) -> list[Stage]:
     """Both papers' two stages: (1) the vision-to-language parts (``connector`` prefixes) alone;
     (2) those and the LLM (``llm`` prefixes). The vision tower is never trained here.
 
-    Stage 2 opens with ``recipe.regions_first_steps`` of region classification alone (example
-    set :data:`REGIONS_FIRST`), then the full mix (``"all"``). Why: a tiny LLM starts from random
-    weights, not from Vicuna, and on the full mix it learns every answer format from the text
-    alone and never starts reading the vision tokens (measured on the tiny RGPT: chance on every
-    task after 2400 steps). Region classification cannot be answered from the text, so it forces
-    the attention onto the region tokens first (76% val accuracy after 750 steps); the mix then
-    builds on that.
+    Stage 2 opens with ``recipe.curriculum``: ``(kind, steps)`` phases, each on one conversation
+    kind alone (stages ``stage2-<kind>``, example set ``kind``), then the full mix (``"all"``).
+    Why: a tiny LLM starts from random weights, not from Vicuna. On the full mix it learns every
+    answer format from the text alone and never starts reading the vision tokens (measured on the
+    tiny RGPT: chance on every task after 2400 steps). A task that cannot be answered from the
+    text, trained alone, forces the attention onto the vision tokens: region classification
+    alone reached 76% val accuracy after 750 steps. After it, the full mix still left POPE and REC
+    at chance for 800 steps; they are each a *matching* skill (a category word against the image
+    tokens; an expression against the candidate region tokens), so they get their own phases.
     """
     def warmup(steps: int) -> int:
         return min(recipe.warmup_steps, steps // 2)
@@ -50,18 +50,37 @@ def paper_stages(recipe: Any, connector: tuple[str, ...], llm: tuple[str, ...]) 
     both = connector + llm
     out = [Stage("stage1", connector, recipe.stage1_steps, recipe.stage1_lr, recipe.batch_size,
                  warmup_steps=warmup(recipe.stage1_steps))]
-    if recipe.regions_first_steps:
-        out.append(Stage("stage2-regions", both, recipe.regions_first_steps, recipe.stage2_lr, recipe.batch_size,
-                         warmup_steps=warmup(recipe.regions_first_steps), weight_decay=0.01, data=REGIONS_FIRST))
+    for kind, steps in recipe.curriculum:
+        if steps:
+            out.append(Stage(f"stage2-{kind}", both, steps, recipe.stage2_lr, recipe.batch_size,
+                             warmup_steps=warmup(steps), weight_decay=0.01, data=kind))
     out.append(Stage("stage2", both, recipe.stage2_steps, recipe.stage2_lr, recipe.batch_size,
                      warmup_steps=warmup(recipe.stage2_steps), weight_decay=0.01))
     return out
 
 
+def parse_curriculum(text: str) -> tuple[tuple[str, int], ...]:
+    """``"classification=1000,pope=1000"`` -> ``(("classification", 1000), ("pope", 1000))``;
+    ``""`` or ``"none"``: no curriculum (stage 2 is the full mix only)."""
+    if text.strip().lower() in ("", "none"):
+        return ()
+    phases = []
+    for part in text.split(","):
+        kind, sep, steps = part.strip().partition("=")
+        if not sep or kind.strip() not in KINDS or not steps.strip().isdigit():
+            raise ValueError(f"curriculum phase {part.strip()!r}: write KIND=STEPS with KIND one of "
+                             f"{', '.join(KINDS)} (e.g. classification=1000,pope=1000)")
+        phases.append((kind.strip(), int(steps)))
+    return tuple(phases)
+
+
 def example_sets(conversations: Sequence[Any], examples: Sequence[Any]) -> dict[str, Sequence[Any]]:
-    """What :func:`paper_stages` draws from: ``"all"`` (the re-weighted mix) and every
-    classification conversation (not only the mix's share: the opening steps see each about once)."""
-    return {"all": examples, REGIONS_FIRST: [c for c in conversations if c.kind == "classification"]}
+    """What :func:`paper_stages` draws from: ``"all"`` (the re-weighted mix) and, per kind, every
+    conversation of that kind (not only the mix's share: a curriculum phase sees each about once)."""
+    sets: dict[str, Sequence[Any]] = {"all": examples}
+    for kind in KINDS:
+        sets[kind] = [c for c in conversations if c.kind == kind]
+    return sets
 
 
 def write_recipe(out_dir: Path, recipe: Any, data_root: Path, conversations: Sequence[Any],

@@ -179,8 +179,8 @@ def _check_arguments(sets: Mapping[str, Sequence[Any]], stages: Sequence[Stage],
         if stage.data not in sets:
             raise ValueError(f"stage {stage.name!r} trains on example set {stage.data!r}, but only "
                              f"{sorted(sets)} were given")
-    for name, chosen in sets.items():
-        if len(chosen) == 0:
+    for name in {stage.data for stage in stages}:
+        if len(sets[name]) == 0:
             raise ValueError(f"no training examples in set {name!r}")
     if not stages:
         raise ValueError("no stages to run")

@@ -1,0 +1,50 @@
+"""The stage plan both tiny recipes share (bench.training.runs): curriculum phases, then the full mix."""
+
+from __future__ import annotations
+
+import dataclasses
+from types import SimpleNamespace
+
+import pytest
+
+from bench.training.runs import example_sets, paper_stages, parse_curriculum
+
+
+@dataclasses.dataclass(frozen=True)
+class _Recipe:
+    stage1_steps: int = 10
+    stage2_steps: int = 30
+    stage1_lr: float = 1e-3
+    stage2_lr: float = 2e-3
+    batch_size: int = 4
+    warmup_steps: int = 8
+    curriculum: tuple[tuple[str, int], ...] = (("classification", 6), ("pope", 0), ("rec", 5))
+
+
+def test_curriculum_phases_open_stage_two_each_on_its_own_kind() -> None:
+    stages = paper_stages(_Recipe(), ("connector.",), ("llm.",))
+    assert [(s.name, s.data, s.steps) for s in stages] == [
+        ("stage1", "all", 10), ("stage2-classification", "classification", 6), ("stage2-rec", "rec", 5),
+        ("stage2", "all", 30)]  # a phase of 0 steps is left out
+    assert stages[0].trainable == ("connector.",)
+    assert all(s.trainable == ("connector.", "llm.") for s in stages[1:])
+    assert [s.warmup_steps for s in stages] == [5, 3, 2, 8]  # at most half of a stage
+    assert [s.lr for s in stages] == [1e-3, 2e-3, 2e-3, 2e-3]
+    assert [s.name for s in paper_stages(_Recipe(curriculum=()), ("c.",), ("l.",))] == ["stage1", "stage2"]
+
+
+def test_example_sets_hold_every_conversation_of_each_kind() -> None:
+    base = [SimpleNamespace(kind=k) for k in ("pope", "rec", "pope", "classification")]
+    mixed = base[:2]
+    sets = example_sets(base, mixed)
+    assert sets["all"] is mixed
+    assert sets["pope"] == [base[0], base[2]] and sets["rec"] == [base[1]]
+    assert sets["classification"] == [base[3]] and sets["caption"] == []
+
+
+def test_parse_curriculum() -> None:
+    assert parse_curriculum("classification=1000, pope=5") == (("classification", 1000), ("pope", 5))
+    assert parse_curriculum("none") == () and parse_curriculum("") == ()
+    for bad in ("classification", "dance=3", "pope=-1", "pope=x"):
+        with pytest.raises(ValueError, match="KIND=STEPS"):
+            parse_curriculum(bad)
