@@ -185,7 +185,7 @@ def train_rgpt(
     stage1_steps: Annotated[Optional[int], typer.Option(help="Stage 1 steps (refinement + connector).")] = None,
     curriculum: Annotated[Optional[str], typer.Option(
         help="Phases that open stage 2, each on one conversation kind alone: KIND=STEPS,... "
-             "(default classification=1000,pope=1000,rec=1000; 'none': the full mix only).")] = None,
+             "(default classification=1500; 'none': the full mix only).")] = None,
     stage2_steps: Annotated[Optional[int], typer.Option(help="Stage 2 steps on the full mix (+ LLM).")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Conversations per step.")] = None,
     image_size: Annotated[Optional[int], typer.Option(help="Input resolution of the tiny model.")] = None,
@@ -226,7 +226,7 @@ def train_gpt4roi(
     stage1_steps: Annotated[Optional[int], typer.Option(help="Stage 1 steps (projector + region extractor).")] = None,
     curriculum: Annotated[Optional[str], typer.Option(
         help="Phases that open stage 2, each on one conversation kind alone: KIND=STEPS,... "
-             "(default classification=1000,pope=1000,rec=1000; 'none': the full mix only).")] = None,
+             "(default classification=1500; 'none': the full mix only).")] = None,
     stage2_steps: Annotated[Optional[int], typer.Option(help="Stage 2 steps on the full mix (+ LLM).")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Conversations per step.")] = None,
     image_size: Annotated[Optional[int], typer.Option(help="Input resolution of the tiny model.")] = None,

@@ -50,8 +50,8 @@ class Recipe:
     vision_batch_size: int = 16
     vision_lr: float = 1e-3
     stage1_steps: int = 200
-    # Stage 2 opens with one phase per skill, each kind alone (bench.training.runs.paper_stages says why).
-    curriculum: tuple[tuple[str, int], ...] = (("classification", 1000), ("pope", 1000), ("rec", 1000))
+    # Stage 2 opens with region classification alone (bench.training.runs.paper_stages says why).
+    curriculum: tuple[tuple[str, int], ...] = (("classification", 1500),)
     stage2_steps: int = 2500
     batch_size: int = 32
     stage1_lr: float = 2e-3

@@ -40,9 +40,10 @@ def paper_stages(recipe: Any, connector: tuple[str, ...], llm: tuple[str, ...]) 
     answer format from the text alone and never starts reading the vision tokens (measured on the
     tiny RGPT: chance on every task after 2400 steps). A task that cannot be answered from the
     text, trained alone, forces the attention onto the vision tokens: region classification
-    alone reached 76% val accuracy after 750 steps. After it, the full mix still left POPE and REC
-    at chance for 800 steps; they are each a *matching* skill (a category word against the image
-    tokens; an expression against the candidate region tokens), so they get their own phases.
+    alone reaches 90% val accuracy in 1000 steps, and the full mix then keeps it (84% after 800
+    more steps). One phase per matching skill (POPE, then REC, 1000 steps each) was measured
+    too and is not the default: POPE alone rose only to 59% accuracy, REC alone stayed at chance,
+    and each phase erased the previous one (classification fell to 0%).
     """
     def warmup(steps: int) -> int:
         return min(recipe.warmup_steps, steps // 2)
