@@ -51,19 +51,19 @@ def _results(run_dir: Path) -> dict:
 
 def test_minimum_scores_on_the_evaluation_split(run_dir: Path) -> None:
     results = _results(run_dir)
-    assert results["coco-cls"]["accuracy"] >= 90.0
-    assert results["pope-adversarial"]["f1"] >= 85.0
-    assert results["refcocog-rec"]["accuracy"] >= 80.0
+    assert results["coco-cls"]["accuracy"] >= 0.90  # results.json holds fractions
+    assert results["pope-adversarial"]["f1"] >= 0.85
+    assert results["refcocog-rec"]["accuracy"] >= 0.80
 
 
-def _nearest_category_captions(samples: Path, article: str) -> tuple[list[str], list[list[str]]]:
-    """A perfect classifier that names only the category: '{article} {category}' per region."""
-    candidates, references = [], []
+def _nearest_category_captions(samples: Path, article: str) -> tuple[dict[str, str], dict[str, list[str]]]:
+    """A perfect classifier that names only the category: '{article} {category}' per region, by sample id."""
+    candidates, references = {}, {}
     for line in samples.read_text().splitlines():
         record = json.loads(line)
         words = CATEGORY_WORD.findall(" ".join(record["target"]).lower())
-        candidates.append(f"{article} {words[0]}" if words else article)
-        references.append(record["target"])
+        candidates[record["id"]] = f"{article} {words[0]}" if words else article
+        references[record["id"]] = record["target"]
     return candidates, references
 
 
@@ -71,9 +71,9 @@ def _nearest_category_captions(samples: Path, article: str) -> tuple[list[str], 
 def test_captions_are_well_above_a_nearest_category_baseline(run_dir: Path, task: str, article: str) -> None:
     from bench.metrics.captions import caption_metrics
 
-    model = _results(run_dir)[task]
+    model = _results(run_dir)[task]  # fractions, as pycocoevalcap returns them
     baseline = caption_metrics(*_nearest_category_captions(run_dir / f"samples_{task}.jsonl", article))
-    assert model["meteor"] >= baseline["meteor"] + 5.0, (model, baseline)
+    assert model["meteor"] >= baseline["meteor"] + 0.05, (model, baseline)  # 5 METEOR points
     assert model["cider"] >= 1.5 * baseline["cider"], (model, baseline)
 
 
