@@ -48,3 +48,5 @@ def test_parse_curriculum() -> None:
     for bad in ("classification", "dance=3", "pope=-1", "pope=x"):
         with pytest.raises(ValueError, match="KIND=STEPS"):
             parse_curriculum(bad)
+    with pytest.raises(ValueError, match="pope already has a phase"):
+        parse_curriculum("pope=2,rec=1,pope=3")  # two stages named stage2-pope would clash
