@@ -184,7 +184,8 @@ def train_rgpt(
         help="Stage 0 steps (the tiny vision tower's stand-in for CLIP pre-training).")] = None,
     stage1_steps: Annotated[Optional[int], typer.Option(help="Stage 1 steps (refinement + connector).")] = None,
     curriculum: Annotated[Optional[str], typer.Option(
-        help="Phases that open stage 2, each on one conversation kind alone: KIND=STEPS,... "
+        help="Phases that open stage 2, each on one conversation kind or a union of kinds: "
+             "KIND=STEPS or KIND+KIND=STEPS, comma-separated "
              "(default classification=1500; 'none': the full mix only).")] = None,
     stage2_steps: Annotated[Optional[int], typer.Option(help="Stage 2 steps on the full mix (+ LLM).")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Conversations per step.")] = None,
@@ -225,7 +226,8 @@ def train_gpt4roi(
     vision_steps: Annotated[Optional[int], typer.Option(help="Stage 0 steps (tower adaptation).")] = None,
     stage1_steps: Annotated[Optional[int], typer.Option(help="Stage 1 steps (projector + region extractor).")] = None,
     curriculum: Annotated[Optional[str], typer.Option(
-        help="Phases that open stage 2, each on one conversation kind alone: KIND=STEPS,... "
+        help="Phases that open stage 2, each on one conversation kind or a union of kinds: "
+             "KIND=STEPS or KIND+KIND=STEPS, comma-separated "
              "(default classification=1500; 'none': the full mix only).")] = None,
     stage2_steps: Annotated[Optional[int], typer.Option(help="Stage 2 steps on the full mix (+ LLM).")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Conversations per step.")] = None,

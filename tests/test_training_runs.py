@@ -40,12 +40,16 @@ def test_example_sets_hold_every_conversation_of_each_kind() -> None:
     assert sets["all"] is mixed
     assert sets["pope"] == [base[0], base[2]] and sets["rec"] == [base[1]]
     assert sets["classification"] == [base[3]] and sets["caption"] == []
+    union = example_sets(base, mixed, ["classification+pope", "rec"])["classification+pope"]
+    assert union == [base[3], base[0], base[2]]  # every conversation of either kind
 
 
 def test_parse_curriculum() -> None:
     assert parse_curriculum("classification=1000, pope=5") == (("classification", 1000), ("pope", 5))
     assert parse_curriculum("none") == () and parse_curriculum("") == ()
-    for bad in ("classification", "dance=3", "pope=-1", "pope=x"):
+    assert parse_curriculum("classification=9,classification + pope=4") == (
+        ("classification", 9), ("classification+pope", 4))
+    for bad in ("classification", "dance=3", "pope=-1", "pope=x", "pope+dance=3", "pope+pope=3"):
         with pytest.raises(ValueError, match="KIND=STEPS"):
             parse_curriculum(bad)
     with pytest.raises(ValueError, match="pope already has a phase"):

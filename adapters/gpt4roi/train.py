@@ -168,7 +168,8 @@ def train_tiny_gpt4roi(data_root: Path | None, out_dir: Path, recipe: Recipe = R
     def save(trained: torch.nn.Module, directory: Path) -> None:
         trained.save_pretrained(directory, tokenizer=tokenizer)
 
-    train(model, example_sets(base, examples), CachedCollate(processor, states, sizes), stages(recipe), out_dir,
+    sets = example_sets(base, examples, [kind for kind, _ in recipe.curriculum])
+    train(model, sets, CachedCollate(processor, states, sizes), stages(recipe), out_dir,
           seed=recipe.seed, save_model=save, progress=progress)
     record_seconds(out_dir, started)
     return out_dir

@@ -166,7 +166,8 @@ def train_tiny_rgpt(data_root: Path | None, out_dir: Path, recipe: Recipe = Reci
         trained.save_pretrained(directory, tokenizer=tokenizer)
 
     collate = CachedCollate(processor, grids, sizes, config.refined_grid)
-    train(model, example_sets(base, examples), collate, stages(recipe), out_dir, seed=recipe.seed, save_model=save,
+    sets = example_sets(base, examples, [kind for kind, _ in recipe.curriculum])
+    train(model, sets, collate, stages(recipe), out_dir, seed=recipe.seed, save_model=save,
           progress=progress)
     record_seconds(out_dir, started)
     return out_dir

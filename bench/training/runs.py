@@ -35,7 +35,8 @@ def paper_stages(recipe: Any, connector: tuple[str, ...], llm: tuple[str, ...]) 
     (2) those and the LLM (``llm`` prefixes). The vision tower is never trained here.
 
     Stage 2 opens with ``recipe.curriculum``: ``(kind, steps)`` phases, each on one conversation
-    kind alone (stages ``stage2-<kind>``, example set ``kind``), then the full mix (``"all"``).
+    kind alone or on a union of kinds such as ``classification+pope`` (stages ``stage2-<kind>``,
+    example set ``kind``), then the full mix (``"all"``).
     Why: a tiny LLM starts from random weights, not from Vicuna. On the full mix it learns every
     answer format from the text alone and never starts reading the vision tokens (measured on the
     tiny RGPT: chance on every task after 2400 steps). A task that cannot be answered from the
@@ -61,29 +62,38 @@ def paper_stages(recipe: Any, connector: tuple[str, ...], llm: tuple[str, ...]) 
 
 
 def parse_curriculum(text: str) -> tuple[tuple[str, int], ...]:
-    """``"classification=1000,pope=1000"`` -> ``(("classification", 1000), ("pope", 1000))``;
-    ``""`` or ``"none"``: no curriculum (stage 2 is the full mix only)."""
+    """``"classification=1000,classification+pope=500"`` -> ``(("classification", 1000),
+    ("classification+pope", 500))``: a phase trains on one kind, or on the union of kinds joined
+    by ``+``; ``""`` or ``"none"``: no curriculum (stage 2 is the full mix only)."""
     if text.strip().lower() in ("", "none"):
         return ()
     phases = []
     for part in text.split(","):
-        kind, sep, steps = part.strip().partition("=")
-        if not sep or kind.strip() not in KINDS or not steps.strip().isdigit():
-            raise ValueError(f"curriculum phase {part.strip()!r}: write KIND=STEPS with KIND one of "
-                             f"{', '.join(KINDS)} (e.g. classification=1000,pope=1000)")
-        if kind.strip() in (k for k, _ in phases):
-            raise ValueError(f"curriculum phase {part.strip()!r}: {kind.strip()} already has a phase; "
+        name, sep, steps = part.strip().partition("=")
+        kinds = [k.strip() for k in name.split("+")]
+        if not sep or not all(k in KINDS for k in kinds) or len(set(kinds)) != len(kinds) \
+                or not steps.strip().isdigit():
+            raise ValueError(f"curriculum phase {part.strip()!r}: write KIND=STEPS or KIND+KIND=STEPS with each "
+                             f"KIND one of {', '.join(KINDS)} (e.g. classification=1000,classification+pope=500)")
+        name = "+".join(kinds)
+        if name in (k for k, _ in phases):
+            raise ValueError(f"curriculum phase {part.strip()!r}: {name} already has a phase; "
                              "give each kind once (KIND=STEPS)")
-        phases.append((kind.strip(), int(steps)))
+        phases.append((name, int(steps)))
     return tuple(phases)
 
 
-def example_sets(conversations: Sequence[Any], examples: Sequence[Any]) -> dict[str, Sequence[Any]]:
-    """What :func:`paper_stages` draws from: ``"all"`` (the re-weighted mix) and, per kind, every
-    conversation of that kind (not only the mix's share: a curriculum phase sees each about once)."""
+def example_sets(conversations: Sequence[Any], examples: Sequence[Any],
+                 phases: Sequence[str] = ()) -> dict[str, Sequence[Any]]:
+    """What :func:`paper_stages` draws from: ``"all"`` (the re-weighted mix), every conversation of
+    each kind (not only the mix's share: a curriculum phase sees each about once), and for each
+    union phase in ``phases`` (``"classification+pope"``) every conversation of its kinds."""
     sets: dict[str, Sequence[Any]] = {"all": examples}
     for kind in KINDS:
         sets[kind] = [c for c in conversations if c.kind == kind]
+    for name in phases:
+        if name not in sets:
+            sets[name] = [c for kind in name.split("+") for c in sets[kind]]
     return sets
 
 
