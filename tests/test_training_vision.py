@@ -15,11 +15,15 @@ from bench.synthetic import SuiteParams, generate_suite
 from bench.synthetic.vocab import COLOUR_NAMES, SIZE_NAMES
 from bench.training.vision import (
     IGNORE,
+    VisionExample,
+    VisionProbe,
     VisionRecipe,
     _dense_targets,
     _flipped,
     build_vision_examples,
     init_sincos_positions,
+    presence_loss,
+    presence_targets,
     pretrain_vision_tower,
 )
 
@@ -51,6 +55,48 @@ def test_dense_targets_by_hand() -> None:
     # A label of -100 contributes nothing but background.
     target = _dense_targets(coverage, torch.tensor([IGNORE, 0]), n_classes=2)
     assert torch.allclose(target, torch.tensor([[0.25, 0.0, 0.75], [1.0, 0.0, 0.0]]))
+
+
+def _coverage_example(coverage: torch.Tensor, category: list[int]) -> VisionExample:
+    n = coverage.shape[0]
+    return VisionExample(torch.zeros(3, 1, 1), coverage, torch.tensor(category), torch.zeros(n, dtype=torch.long),
+                         torch.zeros(n, dtype=torch.long), torch.zeros(n, 2), {})
+
+
+def test_presence_targets_by_hand() -> None:
+    # A 4x4 patch grid pooled to 2x2 cells (2x2 patches each). Object 0 (category 2) fills the
+    # top-left patch: a quarter of cell 0. Object 1 (category 0) covers 3% of one patch of cell 3:
+    # 0.75% of the cell, under the 1% minimum. Object 2 (category 0 again) covers 8% of a patch
+    # of cell 1: 2% of the cell.
+    coverage = torch.zeros(3, 4, 4)
+    coverage[0, 0, 0] = 1.0
+    coverage[1, 3, 3] = 0.03
+    coverage[2, 0, 3] = 0.08
+    target = presence_targets(_coverage_example(coverage, [2, 0, 0]), n_categories=3, cells=2)
+    expected = torch.zeros(4, 3)
+    expected[0, 2] = 1  # cell 0: category 2
+    expected[1, 0] = 1  # cell 1: category 0 (object 2)
+    assert torch.equal(target, expected)
+
+
+def test_presence_loss_rewards_features_that_show_the_category() -> None:
+    # One channel per category, set where the category's object is: the right sign of the head
+    # gives a lower loss than the wrong one, and the image-level F1 of the right one is 1.
+    coverage = torch.zeros(1, 4, 4)
+    coverage[0, :2, :2] = 1.0
+    example = _coverage_example(coverage, [1])
+    features = torch.zeros(1, 16, 2)
+    features[0, [0, 1, 4, 5], 1] = 1.0
+    probe = VisionProbe(2, n_categories=2)
+    with torch.no_grad():
+        probe.cell_category.weight.copy_(torch.eye(2) * 20)
+        probe.cell_category.bias.fill_(-10)
+    right, stats = presence_loss(features, [example], probe, 2, cells=2)
+    with torch.no_grad():
+        probe.cell_category.weight.mul_(-1)
+    wrong, _ = presence_loss(features, [example], probe, 2, cells=2)
+    assert stats["presence_f1"] == 1.0
+    assert right < 0.01 < wrong
 
 
 def test_examples_carry_the_suite_labels(suite: Path) -> None:
@@ -87,7 +133,7 @@ def test_flip_mirrors_pixels_masks_targets_and_centre(suite: Path) -> None:
 
 def test_pretraining_is_deterministic_lowers_the_loss_and_freezes_the_tower(suite: Path, tmp_path: Path) -> None:
     examples, names = _examples(suite)
-    recipe = VisionRecipe(steps=25, batch_size=4, lr=3e-3, warmup_steps=2)
+    recipe = VisionRecipe(steps=25, batch_size=4, lr=3e-3, warmup_steps=2, presence_grid=2)
     towers = [_tower(), _tower()]
     logs = [pretrain_vision_tower(t, examples, len(names), -2, recipe, progress=False,
                                   log_path=tmp_path / f"log{i}.json") for i, t in enumerate(towers)]

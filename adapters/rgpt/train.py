@@ -51,6 +51,8 @@ class Recipe:
     vision_steps: int = 12000      # stage 0: the tiny tower's stand-in for CLIP pre-training
     vision_batch_size: int = 16
     vision_lr: float = 3e-3
+    # Stage 0 also learns which categories each image-token cell shows (what POPE asks of them).
+    vision_presence: bool = True
     stage1_steps: int = 200
     # Stage 2 opens with region classification alone (bench.training.runs.paper_stages says why).
     curriculum: tuple[tuple[str, int], ...] = (("classification", 1500),)
@@ -155,8 +157,10 @@ def train_tiny_rgpt(data_root: Path | None, out_dir: Path, recipe: Recipe = Reci
     stage0_tower(model.vision_tower, out_dir, lambda: init_sincos_positions(model.vision_tower),
                  lambda: build_vision_examples(data_root, "train", processor.image, processor.masks,
                                                config.patch_grid),
-                 config.vision_select_layer, VisionRecipe(steps=recipe.vision_steps, lr=recipe.vision_lr,
-                                                          seed=recipe.seed, batch_size=recipe.vision_batch_size),
+                 config.vision_select_layer,
+                 VisionRecipe(steps=recipe.vision_steps, lr=recipe.vision_lr, seed=recipe.seed,
+                              batch_size=recipe.vision_batch_size,
+                              presence_grid=recipe.image_token_grid if recipe.vision_presence else 0),
                  progress=progress)
 
     images = {c.image.key: c.image for c in base}

@@ -42,6 +42,7 @@ from bench.regions import Region
 from bench.synthetic.vocab import COLOUR_NAMES, SIZE_NAMES
 
 IGNORE = -100
+PRESENCE_MIN_SHARE = 0.01  # of a pooled cell (a sixth of a patch when a cell is 4x4 patches)
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,9 @@ class VisionRecipe:
     weight_decay: float = 0.05
     warmup_steps: int = 100
     seed: int = 0
+    # > 0: also train category presence per cell of the patch grid average-pooled to this side
+    # (RGPT's image tokens), and per image (max over cells). 0: off.
+    presence_grid: int = 0
 
 
 @dataclass
@@ -133,6 +137,7 @@ class VisionProbe(nn.Module):
 
     def __init__(self, channels: int, n_categories: int) -> None:
         super().__init__()
+        self.cell_category = nn.Linear(channels, n_categories)
         self.dense_category = nn.Linear(channels, n_categories + 1)
         self.dense_colour = nn.Linear(channels, len(COLOUR_NAMES) + 1)
         self.dense_size = nn.Linear(channels, len(SIZE_NAMES) + 1)
@@ -186,8 +191,35 @@ def _dense_targets(coverage: torch.Tensor, labels: torch.Tensor, n_classes: int)
     return target
 
 
+def presence_targets(example: VisionExample, n_categories: int, cells: int) -> torch.Tensor:
+    """[cells*cells, n_categories]: 1 where a category's visible mask covers at least
+    :data:`PRESENCE_MIN_SHARE` of a cell of the patch grid average-pooled to ``cells`` a side."""
+    share = F.adaptive_avg_pool2d(example.coverage[:, None], cells)[:, 0].flatten(1)  # [n, cells^2]
+    target = torch.zeros(cells * cells, n_categories)
+    for row, category in enumerate(example.category.tolist()):
+        target[:, category] = torch.maximum(target[:, category], (share[row] >= PRESENCE_MIN_SHARE).float())
+    return target
+
+
+def presence_loss(features: torch.Tensor, batch: Sequence[VisionExample], probe: VisionProbe,
+                  n_categories: int, cells: int) -> tuple[torch.Tensor, dict[str, float]]:
+    """Category presence per pooled cell and per image (the max over cells): binary cross-entropy."""
+    side = math.isqrt(features.shape[1])
+    grid = features.transpose(1, 2).reshape(features.shape[0], -1, side, side)
+    pooled = F.adaptive_avg_pool2d(grid, cells).flatten(2).transpose(1, 2)  # [B, cells^2, C]
+    logits = probe.cell_category(pooled)  # [B, cells^2, K]
+    target = torch.stack([presence_targets(e, n_categories, cells) for e in batch]).to(features.device)
+    image_logits, image_target = logits.max(1).values, target.max(1).values
+    loss = (F.binary_cross_entropy_with_logits(logits, target)
+            + F.binary_cross_entropy_with_logits(image_logits, image_target))
+    predicted = image_logits > 0
+    hits = (predicted & (image_target > 0)).sum()
+    f1 = 2 * hits / (predicted.sum() + (image_target > 0).sum()).clamp(min=1)
+    return loss, {"presence_f1": float(f1)}
+
+
 def vision_loss(features: torch.Tensor, batch: Sequence[VisionExample], probe: VisionProbe,
-                n_categories: int) -> tuple[torch.Tensor, dict[str, float]]:
+                n_categories: int, presence_grid: int = 0) -> tuple[torch.Tensor, dict[str, float]]:
     """The pre-training loss of a batch from its patch features [B, g*g, C]; also per-part accuracies."""
     dense_logits = {"category": probe.dense_category(features), "colour": probe.dense_colour(features),
                     "size": probe.dense_size(features)}
@@ -213,6 +245,10 @@ def vision_loss(features: torch.Tensor, batch: Sequence[VisionExample], probe: V
     centre_error = probe.centre(regions) - centre
     loss = loss + 10.0 * centre_error.pow(2).mean()
     stats["centre_mae"] = float(centre_error.detach().abs().mean())
+    if presence_grid:
+        extra, presence_stats = presence_loss(features, batch, probe, n_categories, presence_grid)
+        loss = loss + extra
+        stats.update(presence_stats)
     return loss, stats
 
 
@@ -265,7 +301,8 @@ def pretrain_vision_tower(
         flips = torch.rand(len(picked), generator=generator) < 0.5
         batch = [_flipped(examples[i]) if flip else examples[i] for i, flip in zip(picked, flips.tolist(), strict=True)]
         pixels = torch.stack([e.pixels for e in batch]).to(device)
-        loss, stats = vision_loss(patch_features(tower, pixels, select_layer), batch, probe, n_categories)
+        loss, stats = vision_loss(patch_features(tower, pixels, select_layer), batch, probe, n_categories,
+                                  recipe.presence_grid)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
