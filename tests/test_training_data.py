@@ -11,6 +11,7 @@ import pytest
 from bench.data.coco import load_coco_instances
 from bench.data.layout import dataset_path
 from bench.data.refcocog import load_refcocog
+from bench.errors import DataError
 from bench.regions import box_iou
 from bench.synthetic import SuiteParams, default_suite_dir, generate_suite
 from bench.synthetic.relations import Box as XYWH
@@ -225,8 +226,10 @@ def test_mix_reweights_deterministically(conversations: list[Conversation]) -> N
     for c in of_kind(mixed, "rec"):
         repeats[c.source] = repeats.get(c.source, 0) + 1
     assert len(repeats) == len(rec) and set(repeats.values()) == {1, 2}  # 5000 = 3428 + 1572
+    with pytest.raises(DataError, match="no nonsense conversations"):
+        mix(conversations, {"nonsense": 1})  # a kind the data lacks: a user error naming it
     with pytest.raises(ValueError):
-        mix(conversations, {"nonsense": 1})
+        mix(conversations, {"rec": -1})
 
 
 def test_conversations_feed_the_trainer(conversations: list[Conversation], tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from bench.errors import DataError
 from bench.training.runs import example_sets, paper_stages, parse_curriculum
 
 
@@ -42,6 +43,8 @@ def test_example_sets_hold_every_conversation_of_each_kind() -> None:
     assert sets["classification"] == [base[3]] and sets["caption"] == []
     union = example_sets(base, mixed, ["classification+pope", "rec"])["classification+pope"]
     assert union == [base[3], base[0], base[2]]  # every conversation of either kind
+    with pytest.raises(DataError, match="phase 'caption': the training data has no caption conversations"):
+        example_sets(base, mixed, ["caption"])  # a data root without captions: a clear error, not a traceback
 
 
 def test_parse_curriculum() -> None:

@@ -184,8 +184,11 @@ def mix(conversations: Sequence[Conversation], counts: Mapping[str, int], seed: 
     out: list[Conversation] = []
     for kind, count in counts.items():
         pool = [c for c in conversations if c.kind == kind]
-        if count < 0 or (count and not pool):
-            raise ValueError(f"cannot take {count} {kind!r} conversations from {len(pool)}")
+        if count < 0:
+            raise ValueError(f"cannot take {count} {kind!r} conversations")
+        if count and not pool:
+            raise DataError(f"the training data has no {kind} conversations, and the recipe's mix asks for "
+                            f"{count}; train on a data root that has them, or give {kind} no share of the mix")
         rng = np.random.default_rng(np.random.SeedSequence([seed, _STREAMS["mix"], KINDS.index(kind)]))
         while count > 0:
             order = rng.permutation(len(pool))[:count]

@@ -21,6 +21,7 @@ from typing import Any
 
 from torch import nn
 
+from bench.errors import DataError
 from bench.training.conversations import KINDS, kind_counts
 from bench.training.trainer import Stage
 from bench.training.vision import VisionExample, VisionRecipe, pretrain_vision_tower
@@ -87,13 +88,20 @@ def example_sets(conversations: Sequence[Any], examples: Sequence[Any],
                  phases: Sequence[str] = ()) -> dict[str, Sequence[Any]]:
     """What :func:`paper_stages` draws from: ``"all"`` (the re-weighted mix), every conversation of
     each kind (not only the mix's share: a curriculum phase sees each about once), and for each
-    union phase in ``phases`` (``"classification+pope"``) every conversation of its kinds."""
+    union phase in ``phases`` (``"classification+pope"``) every conversation of its kinds.
+
+    A phase with no conversation to train on is a :class:`~bench.errors.DataError` that says
+    which kind is missing (a data root without RefCOCOg has no ``rec``).
+    """
     sets: dict[str, Sequence[Any]] = {"all": examples}
     for kind in KINDS:
         sets[kind] = [c for c in conversations if c.kind == kind]
     for name in phases:
         if name not in sets:
             sets[name] = [c for kind in name.split("+") for c in sets[kind]]
+        if not sets[name]:
+            raise DataError(f"curriculum phase {name!r}: the training data has no {name} conversations; "
+                            "leave that phase out of --curriculum (or add the data it needs)")
     return sets
 
 
