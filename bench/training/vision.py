@@ -137,7 +137,6 @@ class VisionProbe(nn.Module):
 
     def __init__(self, channels: int, n_categories: int) -> None:
         super().__init__()
-        self.cell_category = nn.Linear(channels, n_categories)
         self.dense_category = nn.Linear(channels, n_categories + 1)
         self.dense_colour = nn.Linear(channels, len(COLOUR_NAMES) + 1)
         self.dense_size = nn.Linear(channels, len(SIZE_NAMES) + 1)
@@ -145,6 +144,8 @@ class VisionProbe(nn.Module):
         self.colour = nn.Linear(channels, len(COLOUR_NAMES))
         self.size = nn.Linear(channels, len(SIZE_NAMES))
         self.centre = nn.Linear(channels, 2)
+        # Created last, so the heads above start as they did before it existed (same seed, same draws).
+        self.cell_category = nn.Linear(channels, n_categories)
 
 
 def init_sincos_positions(tower: nn.Module) -> None:
@@ -195,10 +196,8 @@ def presence_targets(example: VisionExample, n_categories: int, cells: int) -> t
     """[cells*cells, n_categories]: 1 where a category's visible mask covers at least
     :data:`PRESENCE_MIN_SHARE` of a cell of the patch grid average-pooled to ``cells`` a side."""
     share = F.adaptive_avg_pool2d(example.coverage[:, None], cells)[:, 0].flatten(1)  # [n, cells^2]
-    target = torch.zeros(cells * cells, n_categories)
-    for row, category in enumerate(example.category.tolist()):
-        target[:, category] = torch.maximum(target[:, category], (share[row] >= PRESENCE_MIN_SHARE).float())
-    return target
+    present = (share >= PRESENCE_MIN_SHARE).float()
+    return (present.T @ F.one_hot(example.category, n_categories).float()).clamp(max=1)
 
 
 def presence_loss(features: torch.Tensor, batch: Sequence[VisionExample], probe: VisionProbe,
