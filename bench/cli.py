@@ -182,6 +182,11 @@ def train_rgpt(
         help="Training images of the default synthetic training suite.")] = None,
     vision_steps: Annotated[Optional[int], typer.Option(
         help="Stage 0 steps (the tiny vision tower's stand-in for CLIP pre-training).")] = None,
+    language_easy_steps: Annotated[Optional[int], typer.Option(
+        help="Stage L opening steps (text only: REC cut to 2 candidates, classification, POPE).")] = None,
+    language_steps: Annotated[Optional[int], typer.Option(
+        help="Stage L steps on the whole verbalized mix (the tiny LLM's stand-in for language "
+             "pre-training; 0 and --language-easy-steps 0: no stage L).")] = None,
     stage1_steps: Annotated[Optional[int], typer.Option(help="Stage 1 steps (refinement + connector).")] = None,
     curriculum: Annotated[Optional[str], typer.Option(
         help="Phases that open stage 2, each on one conversation kind or a union of kinds: "
@@ -192,7 +197,8 @@ def train_rgpt(
     image_size: Annotated[Optional[int], typer.Option(help="Input resolution of the tiny model.")] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar with the loss.")] = True,
 ) -> None:
-    """Train the tiny RGPT: stage 0 (tiny vision tower), then the paper's two stages."""
+    """Train the tiny RGPT: stage 0 (tiny vision tower), stage L (tiny LLM, text only), then the paper's
+    two stages."""
     import dataclasses
 
     from adapters.rgpt.train import Recipe, train_tiny_rgpt
@@ -201,6 +207,7 @@ def train_rgpt(
     overrides = {"seed": seed, "stage1_steps": stage1_steps, "stage2_steps": stage2_steps,
                  "batch_size": batch_size, "image_size": image_size,
                  "train_images": train_images, "vision_steps": vision_steps,
+                 "language_easy_steps": language_easy_steps, "language_steps": language_steps,
                  "curriculum": _curriculum(curriculum)}
     recipe = dataclasses.replace(Recipe(), **{k: v for k, v in overrides.items() if v is not None})
     root = train_tiny_rgpt(resolve_data_root(data_root) if data_root is not None else None, out, recipe,

@@ -20,6 +20,7 @@ def small_suite(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_train_then_evaluate_tiny_rgpt(small_suite: Path, tmp_path: Path) -> None:
     out = tmp_path / "ckpt"
     args = ["train", "rgpt", "--out", str(out), "--data-root", str(small_suite), "--vision-steps", "2",
+            "--language-easy-steps", "2", "--language-steps", "1",
             "--stage1-steps", "2", "--curriculum", "classification=2,pope=1", "--stage2-steps", "3",
             "--batch-size", "4",
             "--image-size", "64", "--no-progress"]
@@ -31,11 +32,18 @@ def test_train_then_evaluate_tiny_rgpt(small_suite: Path, tmp_path: Path) -> Non
         ("stage2-pope", 1), ("stage2", 1), ("stage2", 2), ("stage2", 3)]
     vision_log = json.loads((out / "vision" / "log.json").read_text())
     assert [r["step"] for r in vision_log["log"]] == [1, 2]
+    language_log = json.loads((out / "language" / "log.json").read_text())
+    assert [(r["stage"], r["step"]) for r in language_log] == [("language-easy", 1), ("language-easy", 2),
+                                                               ("language", 1)]
+    llm = load_file(str(out / "language" / "llm.safetensors"))
     weights = load_file(str(out / "model.safetensors"))
     tower = load_file(str(out / "vision" / "tower.safetensors"))
     # The tower is frozen after stage 0: the checkpoint holds exactly the pre-trained tower.
     assert all((weights[f"vision_tower.{k}"] == v).all() for k, v in tower.items())
     assert any(k.startswith("llm.") for k in weights) and any(k.startswith("connector.") for k in weights)
+    # Stage L trained the LLM that stage 2 then started from: the final LLM moved on from it.
+    assert set(llm) <= {k.removeprefix("llm.") for k in weights}
+    assert any(not (weights[f"llm.{k}"] == v).all() for k, v in llm.items())
     recipe = json.loads((out / "recipe.json").read_text())
     assert recipe["recipe"]["stage2_steps"] == 3 and set(recipe["conversations"]) == {
         "classification", "caption", "relation", "rec", "pope"}

@@ -36,7 +36,15 @@ from typing import Any
 import torch
 
 from bench.training import Conversation, Stage, all_texts, build_conversations, mix, train
-from bench.training.runs import example_sets, paper_stages, record_seconds, stage0_tower, write_recipe
+from bench.training.language import LanguageRecipe, pretrain_language, scene_objects
+from bench.training.runs import (
+    example_sets,
+    paper_stages,
+    record_seconds,
+    stage0_tower,
+    stage_language,
+    write_recipe,
+)
 from bench.training.vision import VisionRecipe, build_vision_examples, init_sincos_positions
 
 
@@ -53,6 +61,10 @@ class Recipe:
     vision_lr: float = 3e-3
     # Stage 0 also learns which categories each image-token cell shows (what POPE asks of them).
     vision_presence: bool = True
+    # Stage L: the tiny LLM's stand-in for language pre-training (bench.training.language says why).
+    language_easy_steps: int = 3000  # REC cut to 2 candidates, with classification and POPE
+    language_steps: int = 3000  # the verbalized mix
+    language_lr: float = 1e-3
     stage1_steps: int = 200
     # Stage 2 opens with region classification alone (bench.training.runs.paper_stages says why).
     curriculum: tuple[tuple[str, int], ...] = (("classification", 1500),)
@@ -162,6 +174,14 @@ def train_tiny_rgpt(data_root: Path | None, out_dir: Path, recipe: Recipe = Reci
                               batch_size=recipe.vision_batch_size,
                               presence_grid=recipe.image_token_grid if recipe.vision_presence else 0),
                  progress=progress)
+
+    # Stage L: the tiny LLM's stand-in for language pre-training, text only (vision tokens as words).
+    if recipe.language_easy_steps or recipe.language_steps:
+        stage_language(model.llm, out_dir, lambda directory: pretrain_language(
+            model, processor, examples, scene_objects(data_root, "train"), config.image_token_grid, directory,
+            LanguageRecipe(steps=recipe.language_steps, easy_steps=recipe.language_easy_steps,
+                           lr=recipe.language_lr, batch_size=recipe.batch_size, seed=recipe.seed),
+            progress=progress))
 
     images = {c.image.key: c.image for c in base}
     grids, sizes = precompute_grids(model, processor, images)

@@ -5,6 +5,8 @@
 * ``vision/tower.safetensors``: the stage-0 tower (:func:`stage0_tower`). A re-run with
   the same ``out_dir`` loads it instead of training it again, which is what makes a
   resumed run cheap (stage 0 is about half of a tiny run).
+* ``language/llm.safetensors``: the LLM after stage L (:func:`stage_language`), reused the
+  same way (``language/`` also holds that stage's own resume checkpoint and log).
 
 And the stage plan both papers share (:func:`paper_stages`, :func:`example_sets`,
 :func:`parse_curriculum`).
@@ -29,6 +31,8 @@ from bench.training.vision import VisionExample, VisionRecipe, pretrain_vision_t
 RECIPE_FILE = "recipe.json"
 VISION_DIR = "vision"
 TOWER_FILE = "tower.safetensors"
+LANGUAGE_DIR = "language"
+LLM_FILE = "llm.safetensors"
 
 
 def paper_stages(recipe: Any, connector: tuple[str, ...], llm: tuple[str, ...]) -> list[Stage]:
@@ -146,3 +150,19 @@ def stage0_tower(tower: nn.Module, out_dir: Path, initialise: Callable[[], None]
         save_file({k: v.contiguous() for k, v in tower.state_dict().items()}, str(tower_file))
     tower.requires_grad_(False)
     tower.eval()
+
+
+def stage_language(llm: nn.Module, out_dir: Path, pretrain: Callable[[Path], Any]) -> None:
+    """Load ``out_dir/language/llm.safetensors`` into ``llm`` if a previous call wrote it; else
+    ``pretrain(out_dir / "language")`` (stage L, :func:`bench.training.language.pretrain_language`,
+    which trains ``llm`` in place and is itself resumable there) and save ``llm``."""
+    from safetensors.torch import load_model, save_model
+
+    language_dir = out_dir / LANGUAGE_DIR
+    llm_file = language_dir / LLM_FILE
+    if llm_file.is_file():
+        load_model(llm, str(llm_file))
+        return
+    language_dir.mkdir(parents=True, exist_ok=True)
+    pretrain(language_dir)
+    save_model(llm, str(llm_file))

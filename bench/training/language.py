@@ -1,0 +1,399 @@
+"""Stage L: the tiny LLM's stand-in for language pre-training (what Vicuna brings at full size).
+
+Why: the papers start from Vicuna, which already matches words against words: "is a ring
+among these objects?", "which candidate is the small red ring?". A tiny LLM from random
+weights does not learn that matching from the multimodal conversations: on the tiny RGPT,
+POPE stayed a constant "No" and REC stayed at chance while region classification reached
+90%. The same matching trained from scratch on text alone is learnable, but only after a
+plateau (REC with two candidates written as words: exactly chance for about 1500 steps, then
+90% within a few hundred more); behind the vision tokens that plateau was never left.
+
+What: every training conversation is *verbalized*: each vision token the model would see is
+replaced by the mean input embedding of the words naming what it shows, and the LLM (its
+embeddings included) trains on the answer tokens of these text-only conversations:
+
+* a region token: the size, colour and category words of the object whose box overlaps the
+  region's box best (IoU >= 0.5), e.g. ``medium red ring``; a region over no object (a
+  simulated detector's false positive) is a zero vector;
+* an image token (one per cell of the image-token grid, row-major, over the image padded to
+  a square as the processors do): the category words of the objects whose boxes cover at
+  least :data:`CELL_MIN_SHARE` of the cell; an empty cell is a zero vector.
+
+Colour and size words come from the synthetic suite's ``meta/objects_{split}.json``; on
+other data only the category is used. One vector per vision token, in the place where the
+connector's vector will go, so what the LLM learns here (which token to attend to, how to
+compare it with the question's words) is what stage 1 then asks the connector to feed.
+Stage 1 and 2 run unchanged afterwards. Text-only steps cost no vision work, so this stage
+is cheap next to the others.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from bench.data.coco import load_coco_instances
+from bench.data.layout import dataset_path
+from bench.regions import Box, box_iou
+from bench.training.trainer import Stage
+
+CELL_MIN_SHARE = 0.01  # as stage 0's presence targets (bench.training.vision.PRESENCE_MIN_SHARE)
+REGION_MIN_IOU = 0.5  # a region names the object it overlaps this much (REC's own threshold)
+MAX_WORDS = 8  # words per vision token (a cell showing more categories keeps the first 8)
+
+
+@dataclass(frozen=True)
+class SceneObject:
+    """One annotated object of an image: its box (x0, y0, x1, y1) and the words that name it."""
+
+    box: Box
+    words: tuple[str, ...]  # (size, colour, category) on the synthetic suite, (category,) elsewhere
+    category: str
+
+
+@dataclass(frozen=True)
+class Verbal:
+    """What the vision tokens of one conversation show, in words."""
+
+    cells: tuple[tuple[str, ...], ...]  # per image token, row-major over the grid
+    regions: tuple[tuple[str, ...], ...]  # per region of the conversation, in its order
+
+
+def scene_objects(data_root: Path, split: str = "train") -> dict[str, tuple[tuple[int, int], list[SceneObject]]]:
+    """Image key (file name) -> ((width, height), its objects), from the split's COCO instances
+    and, when present, the RefCOCOg instances (the images REC and RefCOCOg captions use)."""
+    data_root = Path(data_root)
+    meta = _object_meta(data_root, split)
+    scenes: dict[str, tuple[tuple[int, int], list[SceneObject]]] = {}
+    paths = [dataset_path(data_root, "coco_instances", split=split)]
+    refcocog = dataset_path(data_root, "refcocog_instances")
+    if refcocog.is_file():
+        paths.append(refcocog)
+    for path in paths:
+        instances = load_coco_instances(path)
+        for image in instances.images.values():
+            scenes.setdefault(image.file_name, ((image.width, image.height), []))
+        seen: dict[str, set[tuple[float, ...]]] = {}
+        for annotation in instances.annotations:
+            image = instances.images[annotation.image_id]
+            x, y, w, h = annotation.bbox
+            box = (x, y, x + w, y + h)
+            if box in seen.setdefault(image.file_name, set()):
+                continue  # the same object listed by both files
+            seen[image.file_name].add(box)
+            category = instances.categories[annotation.category_id].name
+            extra = meta.get(annotation.id, ())
+            scenes[image.file_name][1].append(SceneObject(box, (*extra, category), category))
+    return scenes
+
+
+def verbalize(regions: Sequence[Any], size: tuple[int, int], objects: Sequence[SceneObject], grid: int) -> Verbal:
+    """The words of each image-token cell (``grid`` x ``grid``) and of each region (``bench.regions.Region``)."""
+    return Verbal(cell_words(objects, size, grid),
+                  tuple(region_words(r.box, objects) for r in regions))
+
+
+def region_words(box: Box, objects: Sequence[SceneObject]) -> tuple[str, ...]:
+    """The words of the object overlapping ``box`` best (IoU >= :data:`REGION_MIN_IOU`); () for none."""
+    best, best_iou = None, REGION_MIN_IOU
+    for obj in objects:
+        iou = box_iou(box, obj.box)
+        if iou >= best_iou:
+            best, best_iou = obj, iou
+    return best.words if best is not None else ()
+
+
+def cell_words(objects: Sequence[SceneObject], size: tuple[int, int], grid: int) -> tuple[tuple[str, ...], ...]:
+    """Per cell of a ``grid`` x ``grid`` split of the image padded to a square (centred), the
+    categories (in object order, each once) whose boxes cover >= :data:`CELL_MIN_SHARE` of it."""
+    width, height = size
+    side = max(width, height)
+    x_offset, y_offset = (side - width) / 2, (side - height) / 2
+    step = side / grid
+    cells = []
+    for row in range(grid):
+        for col in range(grid):
+            x0, y0 = col * step - x_offset, row * step - y_offset
+            names: list[str] = []
+            for obj in objects:
+                overlap_w = min(obj.box[2], x0 + step) - max(obj.box[0], x0)
+                overlap_h = min(obj.box[3], y0 + step) - max(obj.box[1], y0)
+                if overlap_w > 0 and overlap_h > 0 and overlap_w * overlap_h >= CELL_MIN_SHARE * step * step \
+                        and obj.category not in names:
+                    names.append(obj.category)
+            cells.append(tuple(names))
+    return tuple(cells)
+
+
+class VerbalCollate:
+    """Conversations -> padded token ids and labels (the processor's, vision placeholders
+    included), the word ids of every vision token (``cell_words`` [B, T, W] and
+    ``region_words``, a list of [n_i, W]; -1 where there is no word) and the targets of the
+    auxiliary heads (:func:`auxiliary_targets`): ``aux_positions`` [N, 2] (row, column),
+    ``aux_match`` [N] and ``aux_index`` [N]."""
+
+    def __init__(self, processor: Any, verbals: Mapping[int, Verbal], num_image_tokens: int) -> None:
+        self.processor = processor
+        self.verbals = verbals  # by id(conversation)
+        self.num_image_tokens = num_image_tokens
+        self._examples: dict[int, tuple[list[int], list[int], torch.Tensor, torch.Tensor, list[Aux]]] = {}
+
+    def word_ids(self, groups: Sequence[Sequence[str]]) -> torch.Tensor:
+        out = torch.full((len(groups), MAX_WORDS), -1, dtype=torch.long)
+        for row, words in enumerate(groups):
+            ids = [self.processor.tokenizer.convert_tokens_to_ids(w) for w in words[:MAX_WORDS]]
+            if ids:
+                out[row, :len(ids)] = torch.tensor(ids)
+        return out
+
+    def example(self, conversation: Any) -> tuple[list[int], list[int], torch.Tensor, torch.Tensor, list[Aux]]:
+        key = id(conversation)
+        if key not in self._examples:
+            verbal = self.verbals[key]
+            if len(verbal.cells) != self.num_image_tokens:
+                raise ValueError(f"{len(verbal.cells)} cells for {self.num_image_tokens} image tokens")
+            ids, labels, order = self.processor.training_tokens(conversation.turns, len(conversation.regions))
+            aux = auxiliary_targets(conversation, verbal, ids, labels, order, self.processor.config.region_token_id,
+                                    self.processor.tokenizer)
+            self._examples[key] = (ids, labels, self.word_ids(verbal.cells),
+                                   self.word_ids([verbal.regions[i] for i in order]), aux)
+        return self._examples[key]
+
+    def __call__(self, conversations: list[Any]) -> dict[str, Any]:
+        from adapters.region_processing import IGNORE_INDEX
+
+        examples = [self.example(c) for c in conversations]
+        ids, attention = self.processor.pad([e[0] for e in examples], "right")
+        labels, _ = self.processor.pad([e[1] for e in examples], "right", value=IGNORE_INDEX)
+        aux = [(row, *target) for row, e in enumerate(examples) for target in e[4]]
+        return {"input_ids": ids, "attention_mask": attention, "labels": labels,
+                "cell_words": torch.stack([e[2] for e in examples]), "region_words": [e[3] for e in examples],
+                "aux_positions": torch.tensor([[a[0], a[1]] for a in aux], dtype=torch.long).view(-1, 2),
+                "aux_match": torch.tensor([a[2] for a in aux], dtype=torch.float32),
+                "aux_index": torch.tensor([a[3] for a in aux], dtype=torch.long)}
+
+
+Aux = tuple[int, float, int]  # (position, match target or -1: none, index target or -100: none)
+MAX_INDEX = 16  # region numbers the index head tells apart (REC offers at most 10 candidates)
+_POPE_NAME = re.compile(r"Is there an? (?P<name>.+) in the image\?")
+
+
+def auxiliary_targets(conversation: Any, verbal: Verbal, ids: Sequence[int], labels: Sequence[int],
+                      order: Sequence[int], region_token_id: int, tokenizer: Any) -> list[Aux]:
+    """What the throw-away heads of stage L learn to read at single positions, one hop each.
+
+    Both REC and POPE need two hops (find the token that matches, then answer from it), and a
+    from-scratch LLM sits at chance for thousands of steps before the two form together (the
+    "plateau"; measured: REC with two candidates written as word means, 4 layers, 3000 steps at
+    chance). Supervising each hop where it happens removes the wait (the same exercise with
+    these heads: 93% after 500 steps):
+
+    * REC, at every candidate's region token: does it show the answer's object (match, 1/0),
+      and which candidate number it is (index, 0-based) -- what the answer then reads off;
+    * POPE, at the asked category's word (which follows the image tokens and so can look at
+      them): is the category in the image (match).
+    """
+    out: list[Aux] = []
+    if conversation.kind == "rec":
+        from tasks.rec import parse_choice
+
+        target = parse_choice(conversation.turns[0][1], len(conversation.regions))
+        if target is None:
+            return out
+        wanted = verbal.regions[target - 1]
+        positions = [p for p, token in enumerate(ids) if token == region_token_id]
+        for position, region in zip(positions, order, strict=True):
+            words = verbal.regions[region]
+            out.append((position, float(bool(words) and words == wanted), min(region, MAX_INDEX - 1)))
+    elif conversation.kind == "pope":
+        match = _POPE_NAME.search(conversation.turns[0][0])
+        if match is None:
+            return out
+        name = tokenizer.convert_tokens_to_ids(match.group("name").split()[-1].lower())
+        prompt = [p for p, (token, label) in enumerate(zip(ids, labels, strict=True)) if label < 0 and token == name]
+        if prompt:
+            out.append((prompt[-1], float(conversation.turns[0][1].strip().lower().startswith("yes")), -100))
+    return out
+
+
+def mean_word_embeddings(embedding: nn.Embedding, word_ids: torch.Tensor) -> torch.Tensor:
+    """[..., W] word ids (-1: none) -> [..., D]: the mean embedding of each group's words (zero for none)."""
+    present = (word_ids >= 0).unsqueeze(-1).to(embedding.weight.dtype)
+    vectors = embedding(word_ids.clamp(min=0)) * present
+    return vectors.sum(-2) / present.sum(-2).clamp(min=1)
+
+
+class VerbalizedLM(nn.Module):
+    """A region LLM whose vision tokens are word means instead of connector outputs (stage L).
+
+    Wraps a :class:`adapters.region_lm.RegionCausalLM`; its parameters keep their names under
+    ``model.`` (the LLM trains as ``model.llm.``). Uses the model's own token substitution
+    (``embed_inputs``) and position ids, so the LLM sees the layout it will see with vision.
+    With ``aux_weight`` > 0, two linear heads on the hidden state after layer ``aux_layer``
+    (``match_head``, ``index_head``; thrown away afterwards) add the :func:`auxiliary_targets`
+    losses (binary and softmax cross-entropy) to the answer loss.
+    """
+
+    def __init__(self, model: nn.Module, aux_layer: int = 2, aux_weight: float = 1.0) -> None:
+        super().__init__()
+        self.model = model
+        hidden = model.llm.config.hidden_size
+        self.aux_layer, self.aux_weight = aux_layer, aux_weight
+        self.match_head = nn.Linear(hidden, 1)
+        self.index_head = nn.Linear(hidden, MAX_INDEX)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor | None,
+                cell_words: torch.Tensor, region_words: Sequence[torch.Tensor],
+                aux_positions: torch.Tensor | None = None, aux_match: torch.Tensor | None = None,
+                aux_index: torch.Tensor | None = None) -> Any:
+        from adapters.region_lm import positions_from_mask
+
+        embedding = self.model.llm.get_input_embeddings()
+        image = mean_word_embeddings(embedding, cell_words)
+        regions = [mean_word_embeddings(embedding, r) for r in region_words]
+        embeds = self.model.embed_inputs(input_ids, image, regions)
+        auxiliary = self.aux_weight > 0 and aux_positions is not None and len(aux_positions) > 0
+        out = self.model.llm(inputs_embeds=embeds, attention_mask=attention_mask,
+                             position_ids=positions_from_mask(attention_mask), labels=labels,
+                             output_hidden_states=auxiliary)
+        if auxiliary and out.loss is not None:
+            assert aux_positions is not None and aux_match is not None and aux_index is not None
+            hidden = out.hidden_states[self.aux_layer][aux_positions[:, 0], aux_positions[:, 1]]
+            out.loss = out.loss + self.aux_weight * auxiliary_loss(self.match_head(hidden)[:, 0],
+                                                                   self.index_head(hidden), aux_match, aux_index)
+        return out
+
+
+def auxiliary_loss(match_logits: torch.Tensor, index_logits: torch.Tensor, match: torch.Tensor,
+                   index: torch.Tensor) -> torch.Tensor:
+    """Mean binary cross-entropy over positions with a match target (>= 0) plus mean softmax
+    cross-entropy over positions with an index target (!= -100); a part with no target is 0."""
+    loss = match_logits.new_zeros(())
+    has_match = match >= 0
+    if has_match.any():
+        loss = loss + F.binary_cross_entropy_with_logits(match_logits[has_match], match[has_match])
+    if (index != -100).any():
+        loss = loss + F.cross_entropy(index_logits, index, ignore_index=-100)
+    return loss
+
+
+def _object_meta(data_root: Path, split: str) -> dict[int, tuple[str, ...]]:
+    """Object id -> (size, colour) from the synthetic suite's ``meta/objects_{split}.json`` (a crowd
+    has no size; empty on other data)."""
+    path = data_root / "meta" / f"objects_{split}.json"
+    if not path.is_file():
+        return {}
+    return {int(o["id"]): tuple(str(o[key]) for key in ("size", "colour") if o.get(key) is not None)
+            for image in json.loads(path.read_text(encoding="utf-8")) for o in image["objects"]}
+
+
+_REC_EXPRESSION = re.compile(r'description "(?P<expression>.*)" refer to\?')
+
+
+def fewer_candidates(conversation: Any, verbal: Verbal, keep: int,
+                     rng: random.Random) -> tuple[Any, Verbal] | None:
+    """A REC conversation cut down to ``keep`` candidates (an easier exercise of the same skill):
+    the answer's candidate and ``keep - 1`` others, in their original order, drawn among those
+    that name something else than the answer's object (so the answer stays unique); renumbered,
+    with the prompt rebuilt by :func:`tasks.rec.build_prompt`. None when it cannot be done."""
+    from tasks.rec import build_prompt, choice_label, parse_choice
+
+    (user, answer), = conversation.turns
+    match = _REC_EXPRESSION.search(user)
+    target = parse_choice(answer, len(conversation.regions))
+    if match is None or target is None:
+        return None
+    target -= 1
+    others = [i for i, words in enumerate(verbal.regions) if words != verbal.regions[target]]
+    if len(others) < keep - 1:
+        return None
+    chosen = sorted([target, *rng.sample(others, keep - 1)])
+    turn = (build_prompt(match.group("expression"), keep), choice_label(chosen.index(target) + 1))
+    easier = dataclasses.replace(conversation, regions=tuple(conversation.regions[i] for i in chosen), turns=(turn,))
+    return easier, Verbal(verbal.cells, tuple(verbal.regions[i] for i in chosen))
+
+
+# ------------------------------------------------------------------ the stage
+
+
+@dataclass(frozen=True)
+class LanguageRecipe:
+    """Settings of stage L (recorded next to the checkpoint)."""
+
+    steps: int = 3000  # on the verbalized mix
+    # Opening phase, before ``steps``: REC cut to ``easy_candidates`` candidates, with the
+    # classification and POPE conversations of the mix. 0 steps: no opening phase.
+    easy_steps: int = 3000
+    easy_candidates: int = 2
+    lr: float = 1e-3
+    batch_size: int = 32
+    warmup_steps: int = 100
+    weight_decay: float = 0.01
+    seed: int = 0
+    # Throw-away heads that supervise each hop of REC and POPE (auxiliary_targets says why).
+    aux_layer: int = 2  # hidden state after this many LLM layers
+    aux_weight: float = 1.0  # 0: no auxiliary heads
+
+
+EASY_KINDS = ("classification", "pope")  # what the opening phase keeps of the mix besides the easier REC
+
+
+def language_stages(recipe: LanguageRecipe) -> list[Stage]:
+    """The opening phase (``easy``, when ``easy_steps``) then the verbalized mix (``all``); the
+    LLM and the auxiliary heads train (the :class:`VerbalizedLM` names)."""
+    out = []
+    for name, steps, data in (("language-easy", recipe.easy_steps, "easy"), ("language", recipe.steps, "all")):
+        if steps:
+            out.append(Stage(name, ("model.llm.", "match_head.", "index_head."), steps, recipe.lr, recipe.batch_size,
+                             warmup_steps=min(recipe.warmup_steps, steps // 2),
+                             weight_decay=recipe.weight_decay, data=data))
+    return out
+
+
+def language_sets(examples: Sequence[Any], verbals: dict[int, Verbal],
+                  recipe: LanguageRecipe) -> dict[str, list[Any]]:
+    """``all``: ``examples``; ``easy``: every REC example cut down by :func:`fewer_candidates`
+    (their verbals are added to ``verbals``) and the :data:`EASY_KINDS` examples, in mix order."""
+    rng = random.Random(recipe.seed)
+    easy = []
+    for conversation in examples:
+        if conversation.kind == "rec" and recipe.easy_steps:
+            cut = fewer_candidates(conversation, verbals[id(conversation)], recipe.easy_candidates, rng)
+            if cut is not None:
+                verbals[id(cut[0])] = cut[1]
+                easy.append(cut[0])
+        elif conversation.kind in EASY_KINDS:
+            easy.append(conversation)
+    return {"all": list(examples), "easy": easy}
+
+
+def pretrain_language(model: nn.Module, processor: Any, examples: Sequence[Any],
+                      scenes: Mapping[str, tuple[tuple[int, int], list[SceneObject]]], grid: int,
+                      out_dir: Path, recipe: LanguageRecipe = LanguageRecipe(),
+                      progress: bool = True) -> list[dict[str, Any]]:
+    """Train ``model.llm`` in place on the verbalized ``examples`` (their images' objects in
+    ``scenes``, from :func:`scene_objects`; ``grid``: the image-token grid's side). Uses
+    :func:`bench.training.train` under ``out_dir`` (resumable); returns its log."""
+    from bench.training.trainer import train
+
+    verbals: dict[int, Verbal] = {}
+    for conversation in examples:
+        if conversation.image.key not in scenes:
+            raise ValueError(f"stage L: no objects for image {conversation.image.key!r} "
+                             f"({conversation.source or conversation.kind})")
+        size, objects = scenes[conversation.image.key]
+        verbals[id(conversation)] = verbalize(conversation.regions, size, objects, grid)
+    sets = language_sets(examples, verbals, recipe)
+    collate = VerbalCollate(processor, verbals, grid * grid)
+    wrapped = VerbalizedLM(model, aux_layer=recipe.aux_layer, aux_weight=recipe.aux_weight)
+    return train(wrapped, sets, collate, language_stages(recipe), out_dir, seed=recipe.seed, progress=progress)

@@ -1,0 +1,230 @@
+"""Stage L of the tiny models: the LLM's stand-in for language pre-training (bench.training.language)."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+from bench.regions import Region
+from bench.synthetic import SuiteParams, generate_suite
+from bench.synthetic.vocab import COLOUR_NAMES, SIZE_NAMES
+from bench.training.conversations import Conversation, build_conversations
+from bench.training.language import (
+    SceneObject,
+    Verbal,
+    VerbalCollate,
+    VerbalizedLM,
+    auxiliary_loss,
+    auxiliary_targets,
+    cell_words,
+    fewer_candidates,
+    mean_word_embeddings,
+    region_words,
+    scene_objects,
+    verbalize,
+)
+from bench.types import ImageRef
+from tasks.rec import build_prompt, parse_choice
+
+RING = SceneObject((0.0, 0.0, 10.0, 10.0), ("small", "red", "ring"), "ring")
+STAR = SceneObject((10.0, 0.0, 40.0, 20.0), ("large", "blue", "star"), "star")
+
+
+@pytest.fixture(scope="module")
+def suite(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return generate_suite(tmp_path_factory.mktemp("suite") / "s", SuiteParams(n_train=6, n_val=1, n_test=1))
+
+
+def test_cell_words_by_hand() -> None:
+    # A 40 x 20 image padded to 40 x 40 (10 px above and below), split 2 x 2 into 20 px cells.
+    # The ring (0..10, 0..10) lies at y 10..20 of the square: top-left cell only. The star
+    # (10..40, 0..20) -> y 10..30: 25% of the top-left cell, 50% of the top-right, 25% and
+    # 50% of the bottom ones.
+    cells = cell_words([RING, STAR], (40, 20), 2)
+    assert cells == (("ring", "star"), ("star",), ("star",), ("star",))
+    # Under 1% of a cell does not count: a 1 x 1 box is 0.25% of a 20 x 20 cell.
+    speck = SceneObject((0.0, 0.0, 1.0, 1.0), ("small", "red", "circle"), "circle")
+    assert cell_words([speck], (40, 20), 2) == ((), (), (), ())
+    # Each category once per cell, in object order.
+    assert cell_words([STAR, RING, STAR], (40, 20), 1) == (("star", "ring"),)
+
+
+def test_region_words_take_the_best_overlap_at_iou_half() -> None:
+    assert region_words((0.0, 0.0, 10.0, 10.0), [STAR, RING]) == ("small", "red", "ring")
+    assert region_words((0.0, 0.0, 10.0, 12.0), [RING, STAR]) == ("small", "red", "ring")  # IoU 0.83
+    assert region_words((0.0, 0.0, 10.0, 20.0), [RING]) == ("small", "red", "ring")  # IoU 0.5 exactly counts
+    assert region_words((0.0, 0.0, 10.0, 21.0), [RING]) == ()  # 100 / 210 < 0.5: a false positive
+    assert region_words((10.0, 0.0, 40.0, 20.0), [RING, STAR]) == ("large", "blue", "star")
+
+
+def test_scene_objects_name_size_colour_and_category(suite: Path) -> None:
+    scenes = scene_objects(suite, "train")
+    conversations = build_conversations(suite, "train")
+    used = {c.image.key for c in conversations}
+    assert used <= set(scenes)
+    for (width, height), objects in (scenes[key] for key in used):
+        assert width > 0 and height > 0 and objects
+        for obj in objects:
+            *size, colour, category = obj.words  # a crowd has no size
+            assert size in ([], [obj.words[0]]) and colour in COLOUR_NAMES and category == obj.category
+            assert all(s in SIZE_NAMES for s in size)
+    # Every classification region is an annotated object, so it has words, and its category is the answer.
+    for c in conversations:
+        if c.kind == "classification":
+            size, objects = scenes[c.image.key]
+            verbal = verbalize(c.regions, size, objects, 4)
+            assert len(verbal.cells) == 16
+            assert verbal.regions[0][-1] == c.turns[0][1]
+            assert any(c.turns[0][1] in cell for cell in verbal.cells)
+
+
+def test_mean_word_embeddings_average_present_words_and_zero_for_none() -> None:
+    embedding = torch.nn.Embedding(5, 2)
+    with torch.no_grad():
+        embedding.weight.copy_(torch.arange(10.0).view(5, 2))
+    ids = torch.tensor([[1, 3, -1], [-1, -1, -1], [4, -1, -1]])
+    assert torch.equal(mean_word_embeddings(embedding, ids), torch.tensor([[4.0, 5.0], [0.0, 0.0], [8.0, 9.0]]))
+
+
+def _rec_conversation(n: int, answer: int) -> Conversation:
+    regions = tuple(Region(box=(float(i), 0.0, float(i) + 5, 5.0)) for i in range(n))
+    return Conversation(image=ImageRef("a.png"), regions=regions,
+                        turns=((build_prompt("the red ring", n), f"Region [{answer}]"),), kind="rec")
+
+
+def test_fewer_candidates_keeps_the_answer_and_renumbers() -> None:
+    words = (("small", "red", "ring"), ("large", "blue", "star"), ("small", "red", "ring"), (), ("x",))
+    conversation = _rec_conversation(5, answer=3)
+    verbal = Verbal(cells=((),), regions=words)
+    for seed in range(20):
+        easier, easier_verbal = fewer_candidates(conversation, verbal, 2, random.Random(seed))
+        (user, answer), = easier.turns
+        assert user == build_prompt("the red ring", 2)
+        assert len(easier.regions) == len(easier_verbal.regions) == 2
+        picked = parse_choice(answer, 2)
+        assert easier.regions[picked - 1] == conversation.regions[2]
+        assert easier_verbal.regions[picked - 1] == ("small", "red", "ring")
+        # The other candidate never names the answer's object again (candidate 1 would).
+        assert easier_verbal.regions[2 - picked] in (("large", "blue", "star"), (), ("x",))
+        # Original order is kept.
+        other = conversation.regions.index(easier.regions[2 - picked])
+        assert (other < 2) == (picked == 2)
+    assert fewer_candidates(conversation, verbal, 5, random.Random(0)) is None  # only 3 others differ
+
+
+class _Tokenizer:
+    def convert_tokens_to_ids(self, word: str) -> int:
+        return {"red": 5, "ring": 6, "blue": 7}[word]
+
+
+class _Processor:
+    tokenizer = _Tokenizer()
+    config = type("Config", (), {"region_token_id": 8})()
+
+    def training_tokens(self, turns, n_regions):  # noqa: ANN001, ANN202 - a stand-in
+        # [image x2] [region of the 2nd region] [region of the 1st] answer
+        return [9, 9, 8, 8, 4], [-100, -100, -100, -100, 4], [1, 0]
+
+    def pad(self, sequences, side, value=0):  # noqa: ANN001, ANN202
+        ids = torch.tensor(sequences)
+        return (ids if value == 0 else ids.clone()), torch.ones_like(ids)
+
+
+def test_verbal_collate_orders_region_words_as_the_tokens_take_them() -> None:
+    conversation = _rec_conversation(2, answer=1)
+    verbal = Verbal(cells=(("ring",), ()), regions=(("red", "ring"), ("blue",)))
+    batch = VerbalCollate(_Processor(), {id(conversation): verbal}, num_image_tokens=2)([conversation])
+    assert batch["cell_words"].shape == (1, 2, 8)
+    assert batch["cell_words"][0, :, :2].tolist() == [[6, -1], [-1, -1]]
+    assert batch["region_words"][0][:, :2].tolist() == [[7, -1], [5, 6]]
+    # The answer names candidate 1 ("red ring"), the region token at column 3.
+    assert batch["aux_positions"].tolist() == [[0, 2], [0, 3]]
+    assert batch["aux_match"].tolist() == [0.0, 1.0]
+    assert batch["aux_index"].tolist() == [1, 0]
+    with pytest.raises(ValueError, match="2 cells for 3 image tokens"):
+        VerbalCollate(_Processor(), {id(conversation): verbal}, num_image_tokens=3)([conversation])
+
+
+def test_verbalized_lm_feeds_word_means_where_the_connector_would() -> None:
+    from adapters.rgpt.configuration_rgpt import RGPTConfig
+    from adapters.rgpt.modeling_rgpt import RGPTForCausalLM
+
+    torch.manual_seed(0)
+    config = RGPTConfig.tiny(vocab_size=20, image_token_id=10, region_token_id=11, bos_token_id=1,
+                             eos_token_id=2, pad_token_id=0)
+    model = RGPTForCausalLM(config)
+    n_image = config.num_image_tokens
+    ids = torch.tensor([[1] + [10] * n_image + [11, 3, 11, 4]])
+    cells = torch.full((1, n_image, 8), -1)
+    cells[0, 0, :2] = torch.tensor([5, 6])
+    regions = [torch.tensor([[7, -1, -1, -1, -1, -1, -1, -1], [-1] * 8])]
+    out = VerbalizedLM(model, aux_weight=0.0)(input_ids=ids, attention_mask=torch.ones_like(ids), labels=ids,
+                              cell_words=cells, region_words=regions)
+    table = model.llm.get_input_embeddings().weight
+    expected = table[ids[0]].clone()
+    expected[1:1 + n_image] = 0
+    expected[1] = (table[5] + table[6]) / 2
+    expected[1 + n_image] = table[7]
+    expected[3 + n_image] = 0
+    reference = model.llm(inputs_embeds=expected[None], labels=ids)
+    assert torch.allclose(out.logits, reference.logits, atol=1e-5)
+    assert torch.allclose(out.loss, reference.loss, atol=1e-6)
+
+
+def test_auxiliary_targets_rec_every_candidate_pope_the_asked_word() -> None:
+    rec = _rec_conversation(3, answer=2)
+    verbal = Verbal(cells=(), regions=(("red", "ring"), ("red", "ring"), ()))
+    # ids: <bos> <region> <region> <region> ... ; candidate 1 shows the same object words as the
+    # answer's (a duplicate box), so it matches too; the false positive (no words) never does.
+    ids, labels = [1, 8, 3, 8, 3, 8, 4], [-100] * 6 + [4]
+    assert auxiliary_targets(rec, verbal, ids, labels, [0, 1, 2], 8, _Tokenizer()) == [
+        (1, 1.0, 0), (3, 1.0, 1), (5, 0.0, 2)]
+    pope = Conversation(image=ImageRef("a.png"), regions=(), turns=(("Is there a ring in the image?", "No"),),
+                        kind="pope")
+    # "ring" (id 6) appears twice in the prompt; the last one is the question's; labels mark the answer.
+    ids, labels = [1, 6, 9, 6, 9, 2], [-100, -100, -100, -100, -100, 2]
+    assert auxiliary_targets(pope, Verbal((), ()), ids, labels, [], 8, _Tokenizer()) == [(3, 0.0, -100)]
+    yes = dataclasses.replace(pope, turns=(("Is there a ring in the image?", "Yes"),))
+    assert auxiliary_targets(yes, Verbal((), ()), ids, labels, [], 8, _Tokenizer()) == [(3, 1.0, -100)]
+    classification = dataclasses.replace(rec, kind="classification")
+    assert auxiliary_targets(classification, verbal, ids, labels, [0, 1, 2], 8, _Tokenizer()) == []
+
+
+def test_auxiliary_loss_by_hand() -> None:
+    match_logits = torch.tensor([0.0, 2.0, 5.0])
+    index_logits = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 0.0]])
+    match = torch.tensor([1.0, 0.0, -1.0])  # the third has no match target
+    index = torch.tensor([0, -100, 1])
+    expected_bce = (math.log(2) + (2.0 + math.log1p(math.exp(-2.0)))) / 2
+    expected_ce = math.log(2)  # both index targets sit on uniform logits
+    loss = auxiliary_loss(match_logits, index_logits, match, index)
+    assert loss.item() == pytest.approx(expected_bce + expected_ce, rel=1e-6)
+    nothing = auxiliary_loss(match_logits, index_logits, torch.full((3,), -1.0), torch.full((3,), -100))
+    assert nothing.item() == 0.0
+
+
+def test_verbalized_lm_adds_the_auxiliary_loss_from_the_chosen_layer() -> None:
+    from adapters.rgpt.configuration_rgpt import RGPTConfig
+    from adapters.rgpt.modeling_rgpt import RGPTForCausalLM
+
+    torch.manual_seed(0)
+    config = RGPTConfig.tiny(vocab_size=20, image_token_id=10, region_token_id=11, bos_token_id=1,
+                             eos_token_id=2, pad_token_id=0)
+    wrapped = VerbalizedLM(RGPTForCausalLM(config), aux_layer=1, aux_weight=0.5)
+    n_image = config.num_image_tokens
+    ids = torch.tensor([[1] + [10] * n_image + [11, 3, 4]])
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids,
+             "cell_words": torch.full((1, n_image, 8), -1), "region_words": [torch.full((1, 8), -1)]}
+    aux = {"aux_positions": torch.tensor([[0, 1 + n_image]]), "aux_match": torch.tensor([1.0]),
+           "aux_index": torch.tensor([0])}
+    plain = wrapped(**batch)
+    out = wrapped(**batch, **aux)
+    hidden = out.hidden_states[1][0, 1 + n_image]
+    extra = auxiliary_loss(wrapped.match_head(hidden)[None, 0], wrapped.index_head(hidden)[None],
+                           aux["aux_match"], aux["aux_index"])
+    assert torch.allclose(out.loss, plain.loss + 0.5 * extra, atol=1e-6)
