@@ -191,7 +191,7 @@ def train_rgpt(
     curriculum: Annotated[Optional[str], typer.Option(
         help="Phases that open stage 2, each on one conversation kind or a union of kinds: "
              "KIND=STEPS or KIND+KIND=STEPS, comma-separated "
-             "(default classification=1500; 'none': the full mix only).")] = None,
+             "(default: none, the full mix from the start).")] = None,
     stage2_steps: Annotated[Optional[int], typer.Option(help="Stage 2 steps on the full mix (+ LLM).")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Conversations per step.")] = None,
     image_size: Annotated[Optional[int], typer.Option(help="Input resolution of the tiny model.")] = None,

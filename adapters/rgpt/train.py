@@ -62,13 +62,15 @@ class Recipe:
     # Stage 0 also learns which categories each image-token cell shows (what POPE asks of them).
     vision_presence: bool = True
     # Stage L: the tiny LLM's stand-in for language pre-training (bench.training.language says why).
-    language_easy_steps: int = 3000  # REC cut to 2 candidates, with classification and POPE
-    language_steps: int = 3000  # the verbalized mix
+    language_easy_steps: int = 0  # REC cut to 2 candidates, with classification and POPE (not needed: measured)
+    language_steps: int = 4000  # the verbalized mix
     language_lr: float = 1e-3
-    stage1_steps: int = 200
-    # Stage 2 opens with region classification alone (bench.training.runs.paper_stages says why).
-    curriculum: tuple[tuple[str, int], ...] = (("classification", 1500),)
-    stage2_steps: int = 4000
+    stage1_steps: int = 600
+    # Phases opening stage 2 (bench.training.runs.paper_stages). Without stage L, region
+    # classification alone (1500 steps) was what made the LLM read the vision tokens; after
+    # stage L it already does, and stage 2 is the full mix from the start.
+    curriculum: tuple[tuple[str, int], ...] = ()
+    stage2_steps: int = 2000
     batch_size: int = 32
     stage1_lr: float = 2e-3
     stage2_lr: float = 2e-3
