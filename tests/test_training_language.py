@@ -228,3 +228,12 @@ def test_verbalized_lm_adds_the_auxiliary_loss_from_the_chosen_layer() -> None:
     extra = auxiliary_loss(wrapped.match_head(hidden)[None, 0], wrapped.index_head(hidden)[None],
                            aux["aux_match"], aux["aux_index"])
     assert torch.allclose(out.loss, plain.loss + 0.5 * extra, atol=1e-6)
+
+
+def test_an_image_without_known_objects_is_a_data_error_naming_it_and_the_fix(tmp_path: Path) -> None:
+    from bench.errors import DataError
+    from bench.training.language import pretrain_language
+
+    conversation = _rec_conversation(2, answer=1)
+    with pytest.raises(DataError, match=r"'a\.png'.*--language-steps 0"):
+        pretrain_language(torch.nn.Module(), _Processor(), [conversation], {}, 4, tmp_path)

@@ -6,7 +6,9 @@ weights does not learn that matching from the multimodal conversations: on the t
 POPE stayed a constant "No" and REC stayed at chance while region classification reached
 90%. The same matching trained from scratch on text alone is learnable, but only after a
 plateau (REC with two candidates written as words: exactly chance for about 1500 steps, then
-90% within a few hundred more); behind the vision tokens that plateau was never left.
+90% within a few hundred more); behind the vision tokens that plateau was never left. Two
+throw-away heads that supervise each hop where it happens remove the plateau
+(:func:`auxiliary_targets`).
 
 What: every training conversation is *verbalized*: each vision token the model would see is
 replaced by the mean input embedding of the words naming what it shows, and the LLM (its
@@ -44,6 +46,7 @@ from torch.nn import functional as F
 
 from bench.data.coco import load_coco_instances
 from bench.data.layout import dataset_path
+from bench.errors import DataError
 from bench.regions import Box, box_iou
 from bench.training.trainer import Stage
 
@@ -389,8 +392,10 @@ def pretrain_language(model: nn.Module, processor: Any, examples: Sequence[Any],
     verbals: dict[int, Verbal] = {}
     for conversation in examples:
         if conversation.image.key not in scenes:
-            raise ValueError(f"stage L: no objects for image {conversation.image.key!r} "
-                             f"({conversation.source or conversation.kind})")
+            where = conversation.source or f"a {conversation.kind} conversation"
+            raise DataError(f"stage L: training image {conversation.image.key!r} ({where}) is in neither the "
+                            "COCO nor the RefCOCOg instances file, so its objects are unknown; add it there, "
+                            "or skip stage L (--language-easy-steps 0 --language-steps 0)")
         size, objects = scenes[conversation.image.key]
         verbals[id(conversation)] = verbalize(conversation.regions, size, objects, grid)
     sets = language_sets(examples, verbals, recipe)
