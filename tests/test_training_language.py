@@ -69,6 +69,7 @@ def test_scene_objects_name_size_colour_and_category(suite: Path) -> None:
     assert used <= set(scenes)
     for (width, height), objects in (scenes[key] for key in used):
         assert width > 0 and height > 0 and objects
+        assert len({obj.box for obj in objects}) == len(objects)  # listed by COCO and RefCOCOg: kept once
         for obj in objects:
             *size, colour, category = obj.words  # a crowd has no size
             assert size in ([], [obj.words[0]]) and colour in COLOUR_NAMES and category == obj.category

@@ -82,11 +82,11 @@ def scene_objects(data_root: Path, split: str = "train") -> dict[str, tuple[tupl
     refcocog = dataset_path(data_root, "refcocog_instances")
     if refcocog.is_file():
         paths.append(refcocog)
+    seen: dict[str, set[tuple[float, ...]]] = {}
     for path in paths:
         instances = load_coco_instances(path)
         for image in instances.images.values():
             scenes.setdefault(image.file_name, ((image.width, image.height), []))
-        seen: dict[str, set[tuple[float, ...]]] = {}
         for annotation in instances.annotations:
             image = instances.images[annotation.image_id]
             x, y, w, h = annotation.bbox
