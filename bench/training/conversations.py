@@ -154,7 +154,7 @@ def build_conversations(
     refcocog = _load_refcocog(data_root)
     refs = _refs(refcocog, split) if refcocog is not None else []
     ref_instances = _Cached(refcocog.instances, dataset_path(data_root, "refcocog_images")) if refcocog else None
-    meta = _load_meta(data_root, split)
+    meta = load_object_meta(data_root, split)
     conversations: list[Conversation] = []
     conversations += _classification(coco, seed, classification_phrasings)
     conversations += _captions(data_root, split, refs, ref_instances)
@@ -411,13 +411,14 @@ def _refs(refcocog, split: str) -> list:
         return []
 
 
-def _load_meta(data_root: Path, split: str) -> dict[int, dict[str, str]]:
-    """Object id -> its colour, from the synthetic suite's ``meta/objects_{split}.json`` (empty elsewhere)."""
-    path = data_root / "meta" / f"objects_{split}.json"
+def load_object_meta(data_root: Path, split: str) -> dict[int, dict[str, str]]:
+    """Object id -> its ``colour`` and ``size`` class (a crowd has no size), from the synthetic
+    suite's ``meta/objects_{split}.json`` (empty elsewhere)."""
+    path = Path(data_root) / "meta" / f"objects_{split}.json"
     if not path.is_file():
         return {}
-    return {int(o["id"]): {"colour": str(o["colour"])} for image in json.loads(path.read_text(encoding="utf-8"))
-            for o in image["objects"]}
+    return {int(o["id"]): {key: str(o[key]) for key in ("size", "colour") if o.get(key) is not None}
+            for image in json.loads(path.read_text(encoding="utf-8")) for o in image["objects"]}
 
 
 def _name(coco: CocoInstances, meta: dict[int, dict[str, str]], annotation) -> str:

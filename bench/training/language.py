@@ -32,7 +32,6 @@ is cheap next to the others.
 from __future__ import annotations
 
 import dataclasses
-import json
 import random
 import re
 from collections.abc import Mapping, Sequence
@@ -48,6 +47,7 @@ from bench.data.coco import load_coco_instances
 from bench.data.layout import dataset_path
 from bench.errors import DataError
 from bench.regions import Box, box_iou
+from bench.training.conversations import load_object_meta
 from bench.training.trainer import Stage
 
 CELL_MIN_SHARE = 0.01  # as stage 0's presence targets (bench.training.vision.PRESENCE_MIN_SHARE)
@@ -76,7 +76,7 @@ def scene_objects(data_root: Path, split: str = "train") -> dict[str, tuple[tupl
     """Image key (file name) -> ((width, height), its objects), from the split's COCO instances
     and, when present, the RefCOCOg instances (the images REC and RefCOCOg captions use)."""
     data_root = Path(data_root)
-    meta = _object_meta(data_root, split)
+    meta = load_object_meta(data_root, split)
     scenes: dict[str, tuple[tuple[int, int], list[SceneObject]]] = {}
     paths = [dataset_path(data_root, "coco_instances", split=split)]
     refcocog = dataset_path(data_root, "refcocog_instances")
@@ -95,7 +95,8 @@ def scene_objects(data_root: Path, split: str = "train") -> dict[str, tuple[tupl
                 continue  # the same object listed by both files
             seen[image.file_name].add(box)
             category = instances.categories[annotation.category_id].name
-            extra = meta.get(annotation.id, ())
+            known = meta.get(annotation.id, {})
+            extra = tuple(known[key] for key in ("size", "colour") if key in known)
             scenes[image.file_name][1].append(SceneObject(box, (*extra, category), category))
     return scenes
 
@@ -288,16 +289,6 @@ def auxiliary_loss(match_logits: torch.Tensor, index_logits: torch.Tensor, match
     if (index != -100).any():
         loss = loss + F.cross_entropy(index_logits, index, ignore_index=-100)
     return loss
-
-
-def _object_meta(data_root: Path, split: str) -> dict[int, tuple[str, ...]]:
-    """Object id -> (size, colour) from the synthetic suite's ``meta/objects_{split}.json`` (a crowd
-    has no size; empty on other data)."""
-    path = data_root / "meta" / f"objects_{split}.json"
-    if not path.is_file():
-        return {}
-    return {int(o["id"]): tuple(str(o[key]) for key in ("size", "colour") if o.get(key) is not None)
-            for image in json.loads(path.read_text(encoding="utf-8")) for o in image["objects"]}
 
 
 _REC_EXPRESSION = re.compile(r'description "(?P<expression>.*)" refer to\?')
