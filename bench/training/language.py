@@ -47,8 +47,10 @@ from bench.data.coco import load_coco_instances
 from bench.data.layout import dataset_path
 from bench.errors import DataError
 from bench.regions import Box, box_iou
+from bench.synthetic.pope_sampling import TEMPLATE as POPE_TEMPLATE
 from bench.training.conversations import load_object_meta
 from bench.training.trainer import Stage
+from tasks.rec import PROMPT as REC_PROMPT
 
 CELL_MIN_SHARE = 0.01  # as stage 0's presence targets (bench.training.vision.PRESENCE_MIN_SHARE)
 REGION_MIN_IOU = 0.5  # a region names the object it overlaps this much (REC's own threshold)
@@ -189,7 +191,18 @@ class VerbalCollate:
 
 Aux = tuple[int, float, int]  # (position, match target or -1: none, index target or -100: none)
 MAX_INDEX = 16  # region numbers the index head tells apart (REC offers at most 10 candidates)
-_POPE_NAME = re.compile(r"Is there an? (?P<name>.+) in the image\?")
+
+
+def _template_pattern(template: str, **fields: str) -> re.Pattern[str]:
+    """A regex matching ``template`` (a ``str.format`` template) with each ``{field}`` replaced by
+    ``fields[field]``, so the parse follows the task's own prompt text, not a copy of it."""
+    pattern = re.escape(template)
+    for field, regex in fields.items():
+        pattern = pattern.replace(re.escape("{" + field + "}"), regex)
+    return re.compile(pattern)
+
+
+_POPE_NAME = _template_pattern(POPE_TEMPLATE, article="an?", name="(?P<name>.+)")
 
 
 def auxiliary_targets(conversation: Any, verbal: Verbal, ids: Sequence[int], labels: Sequence[int],
@@ -291,7 +304,7 @@ def auxiliary_loss(match_logits: torch.Tensor, index_logits: torch.Tensor, match
     return loss
 
 
-_REC_EXPRESSION = re.compile(r'description "(?P<expression>.*)" refer to\?')
+_REC_EXPRESSION = _template_pattern(REC_PROMPT, expression="(?P<expression>.*)", regions=".*")
 
 
 def fewer_candidates(conversation: Any, verbal: Verbal, keep: int,
