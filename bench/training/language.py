@@ -337,10 +337,11 @@ def fewer_candidates(conversation: Any, verbal: Verbal, keep: int,
 class LanguageRecipe:
     """Settings of stage L (recorded next to the checkpoint)."""
 
-    steps: int = 3000  # on the verbalized mix
+    steps: int = 4000  # on the verbalized mix (the tiny RGPT's measured setting)
     # Opening phase, before ``steps``: REC cut to ``easy_candidates`` candidates, with the
-    # classification and POPE conversations of the mix. 0 steps: no opening phase.
-    easy_steps: int = 3000
+    # classification and POPE conversations of the mix. 0 steps: no opening phase (the heads
+    # made it unnecessary).
+    easy_steps: int = 0
     easy_candidates: int = 2
     lr: float = 1e-3
     batch_size: int = 32
@@ -369,12 +370,15 @@ def language_stages(recipe: LanguageRecipe) -> list[Stage]:
 
 def language_sets(examples: Sequence[Any], verbals: dict[int, Verbal],
                   recipe: LanguageRecipe) -> dict[str, list[Any]]:
-    """``all``: ``examples``; ``easy``: every REC example cut down by :func:`fewer_candidates`
-    (their verbals are added to ``verbals``) and the :data:`EASY_KINDS` examples, in mix order."""
+    """``all``: ``examples``; with an opening phase also ``easy``: every REC example cut down by
+    :func:`fewer_candidates` (their verbals are added to ``verbals``) and the :data:`EASY_KINDS`
+    examples, in mix order."""
+    if not recipe.easy_steps:
+        return {"all": list(examples)}
     rng = random.Random(recipe.seed)
     easy = []
     for conversation in examples:
-        if conversation.kind == "rec" and recipe.easy_steps:
+        if conversation.kind == "rec":
             cut = fewer_candidates(conversation, verbals[id(conversation)], recipe.easy_candidates, rng)
             if cut is not None:
                 verbals[id(cut[0])] = cut[1]
