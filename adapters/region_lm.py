@@ -6,14 +6,17 @@ from there on they are the same machine. A subclass provides
 * ``llm``: a ``LlamaForCausalLM`` (or anything with its ``model`` / ``lm_head`` / ``config``
   and call signature), and ``config`` with ``image_token_id``, ``region_token_id``,
   ``eos_token_id`` and ``pad_token_id``;
-* ``multimodal_embeds(input_ids, *vision, **vision_kw)``: the LLM's ``inputs_embeds`` for a
-  batch, usually by computing image and region vectors and calling :meth:`embed_inputs`.
+* ``vision_embeds(*vision, **vision_kw)``: the image vectors [B, T, D] (or None) and each
+  row's region vectors (a list of [n_i, D], or None) -- the vectors that stand in for the
+  image and region tokens; :meth:`multimodal_embeds` substitutes them into the token
+  embeddings (:meth:`embed_inputs`). Training code that adds terms on those vectors
+  (:mod:`bench.training.alignment`) calls the two steps itself.
 
 and inherits :meth:`forward` (training loss), :meth:`generate` (batched greedy decoding of
 left-padded prompts with a KV cache), :meth:`continuation_logprobs` and
 :meth:`score_continuations` (likelihood of candidate answers, the prompt prefilled once).
 The ``*vision`` / ``**vision_kw`` arguments of those methods are passed through to
-``multimodal_embeds`` unchanged, so each model keeps its own names (RGPT: pixel values,
+``vision_embeds`` unchanged, so each model keeps its own names (RGPT: pixel values,
 region masks, refined maps; GPT4RoI: pixel values, boxes, encoded images).
 """
 
@@ -35,8 +38,14 @@ class RegionCausalLM(nn.Module):
     config: Any
     llm: Any
 
-    def multimodal_embeds(self, input_ids: torch.Tensor, *vision: Any, **vision_kw: Any) -> torch.Tensor:
+    def vision_embeds(self, *vision: Any, **vision_kw: Any) -> tuple[torch.Tensor | None,
+                                                                     list[torch.Tensor] | None]:
         raise NotImplementedError
+
+    def multimodal_embeds(self, input_ids: torch.Tensor, *vision: Any, **vision_kw: Any) -> torch.Tensor:
+        """``inputs_embeds`` for a batch: the model's vision vectors substituted into the token embeddings."""
+        image_embeds, region_embeds = self.vision_embeds(*vision, **vision_kw)
+        return self.embed_inputs(input_ids.to(self.device), image_embeds, region_embeds)
 
     @property
     def device(self) -> torch.device:

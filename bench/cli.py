@@ -187,6 +187,10 @@ def train_rgpt(
     language_steps: Annotated[Optional[int], typer.Option(
         help="Stage L steps on the whole verbalized mix (the tiny LLM's stand-in for language "
              "pre-training; 0 and --language-easy-steps 0: no stage L).")] = None,
+    align_weight: Annotated[Optional[float], typer.Option(
+        help="Stages 1 and 2: weight of the vision tokens' pull toward stage L's word means (0: none).")] = None,
+    vision_aux_weight: Annotated[Optional[float], typer.Option(
+        help="Stages 1 and 2: weight of stage L's frozen auxiliary heads on the vision run (0: none).")] = None,
     stage1_steps: Annotated[Optional[int], typer.Option(help="Stage 1 steps (refinement + connector).")] = None,
     curriculum: Annotated[Optional[str], typer.Option(
         help="Phases that open stage 2, each on one conversation kind or a union of kinds: "
@@ -208,6 +212,7 @@ def train_rgpt(
                  "batch_size": batch_size, "image_size": image_size,
                  "train_images": train_images, "vision_steps": vision_steps,
                  "language_easy_steps": language_easy_steps, "language_steps": language_steps,
+                 "align_weight": align_weight, "vision_aux_weight": vision_aux_weight,
                  "curriculum": _curriculum(curriculum)}
     recipe = dataclasses.replace(Recipe(), **{k: v for k, v in overrides.items() if v is not None})
     root = train_tiny_rgpt(resolve_data_root(data_root) if data_root is not None else None, out, recipe,

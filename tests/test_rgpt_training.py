@@ -36,8 +36,12 @@ def test_train_then_evaluate_tiny_rgpt(small_suite: Path, tmp_path: Path) -> Non
     assert [(r["stage"], r["step"]) for r in language_log] == [("language-easy", 1), ("language-easy", 2),
                                                                ("language", 1)]
     llm = load_file(str(out / "language" / "llm.safetensors"))
+    heads = load_file(str(out / "language" / "heads.safetensors"))
+    assert {k.split(".")[0] for k in heads} == {"match_head", "index_head"}
     weights = load_file(str(out / "model.safetensors"))
     tower = load_file(str(out / "vision" / "tower.safetensors"))
+    # Stages 1 and 2 trained through the alignment wrapper; the checkpoint holds the model alone.
+    assert not any(k.startswith(("model.", "heads.")) for k in weights)
     # The tower is frozen after stage 0: the checkpoint holds exactly the pre-trained tower.
     assert all((weights[f"vision_tower.{k}"] == v).all() for k, v in tower.items())
     assert any(k.startswith("llm.") for k in weights) and any(k.startswith("connector.") for k in weights)

@@ -15,6 +15,7 @@ from bench.synthetic import SuiteParams, generate_suite
 from bench.synthetic.vocab import COLOUR_NAMES, SIZE_NAMES
 from bench.training.conversations import Conversation, build_conversations
 from bench.training.language import (
+    AuxiliaryHeads,
     SceneObject,
     Verbal,
     VerbalCollate,
@@ -164,8 +165,9 @@ def test_verbalized_lm_feeds_word_means_where_the_connector_would() -> None:
     cells = torch.full((1, n_image, 8), -1)
     cells[0, 0, :2] = torch.tensor([5, 6])
     regions = [torch.tensor([[7, -1, -1, -1, -1, -1, -1, -1], [-1] * 8])]
-    out = VerbalizedLM(model, aux_weight=0.0)(input_ids=ids, attention_mask=torch.ones_like(ids), labels=ids,
-                              cell_words=cells, region_words=regions)
+    wrapped = VerbalizedLM(model, AuxiliaryHeads(config.text_config.hidden_size), aux_weight=0.0)
+    out = wrapped(input_ids=ids, attention_mask=torch.ones_like(ids), labels=ids,
+                  cell_words=cells, region_words=regions)
     table = model.llm.get_input_embeddings().weight
     expected = table[ids[0]].clone()
     expected[1:1 + n_image] = 0
@@ -216,7 +218,8 @@ def test_verbalized_lm_adds_the_auxiliary_loss_from_the_chosen_layer() -> None:
     torch.manual_seed(0)
     config = RGPTConfig.tiny(vocab_size=20, image_token_id=10, region_token_id=11, bos_token_id=1,
                              eos_token_id=2, pad_token_id=0)
-    wrapped = VerbalizedLM(RGPTForCausalLM(config), aux_layer=1, aux_weight=0.5)
+    wrapped = VerbalizedLM(RGPTForCausalLM(config), AuxiliaryHeads(config.text_config.hidden_size, layer=1),
+                           aux_weight=0.5)
     n_image = config.num_image_tokens
     ids = torch.tensor([[1] + [10] * n_image + [11, 3, 4]])
     batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids,
@@ -226,7 +229,7 @@ def test_verbalized_lm_adds_the_auxiliary_loss_from_the_chosen_layer() -> None:
     plain = wrapped(**batch)
     out = wrapped(**batch, **aux)
     hidden = out.hidden_states[1][0, 1 + n_image]
-    extra = auxiliary_loss(wrapped.match_head(hidden)[None, 0], wrapped.index_head(hidden)[None],
+    extra = auxiliary_loss(wrapped.heads.match_head(hidden)[None, 0], wrapped.heads.index_head(hidden)[None],
                            aux["aux_match"], aux["aux_index"])
     assert torch.allclose(out.loss, plain.loss + 0.5 * extra, atol=1e-6)
 
@@ -237,4 +240,4 @@ def test_an_image_without_known_objects_is_a_data_error_naming_it_and_the_fix(tm
 
     conversation = _rec_conversation(2, answer=1)
     with pytest.raises(DataError, match=r"'a\.png'.*--language-steps 0"):
-        pretrain_language(torch.nn.Module(), _Processor(), [conversation], {}, 4, tmp_path)
+        pretrain_language(torch.nn.Module(), AuxiliaryHeads(8), _Processor(), [conversation], {}, 4, tmp_path)

@@ -280,11 +280,12 @@ class GPT4RoIForCausalLM(RegionCausalLM):
 
     # ------------------------------------------------------------------ LLM input
 
-    def multimodal_embeds(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None = None,
-                          boxes: Sequence[torch.Tensor] | None = None, encoded: EncodedImages | None = None,
-                          vision_states: torch.Tensor | None = None) -> torch.Tensor:
-        """``inputs_embeds`` for a batch: encode images (or take them ``encoded``, one per row), pool
-        each row's boxes (xyxy normalised to [0, 1]), substitute both into the token embeddings."""
+    def vision_embeds(self, pixel_values: torch.Tensor | None = None,
+                      boxes: Sequence[torch.Tensor] | None = None, encoded: EncodedImages | None = None,
+                      vision_states: torch.Tensor | None = None) -> tuple[torch.Tensor | None,
+                                                                          list[torch.Tensor] | None]:
+        """Image tokens [B, T, D] and each row's region vectors: encode images (or take them
+        ``encoded``, one per row), pool each row's boxes (xyxy normalised to [0, 1])."""
         if encoded is None and (pixel_values is not None or vision_states is not None):
             encoded = self.encode_images(pixel_values, vision_states)
         region_embeds = None
@@ -293,7 +294,7 @@ class GPT4RoIForCausalLM(RegionCausalLM):
                 raise ValueError("boxes need an image")
             region_embeds = self.spi_module.roi_align(encoded.levels, boxes)
         image_embeds = encoded.image_embeds if encoded is not None else None
-        return self.embed_inputs(input_ids.to(self.device), image_embeds, region_embeds)
+        return image_embeds, region_embeds
 
     # ------------------------------------------------------------------ checkpoints
 

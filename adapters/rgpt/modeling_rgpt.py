@@ -204,13 +204,12 @@ class RGPTForCausalLM(RegionCausalLM):
 
     # ------------------------------------------------------------------ LLM input
 
-    def multimodal_embeds(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None = None,
-                          region_masks: Sequence[torch.Tensor] | None = None,
-                          refined: torch.Tensor | None = None,
-                          vision_grid: torch.Tensor | None = None) -> torch.Tensor:
-        """``inputs_embeds`` for a batch: encode images (or take precomputed CLIP grids or
-        ``refined`` maps, one per row), pool the regions of each row, substitute both into
-        the token embeddings."""
+    def vision_embeds(self, pixel_values: torch.Tensor | None = None,
+                      region_masks: Sequence[torch.Tensor] | None = None,
+                      refined: torch.Tensor | None = None,
+                      vision_grid: torch.Tensor | None = None) -> tuple[torch.Tensor | None, list[torch.Tensor] | None]:
+        """Image tokens [B, T, D] and each row's region tokens: encode images (or take precomputed
+        CLIP grids or ``refined`` maps, one per row), pool the regions of each row."""
         if refined is None and (pixel_values is not None or vision_grid is not None):
             refined = self.encode_images(pixel_values, vision_grid)
         image_embeds = self.image_tokens(refined) if refined is not None else None
@@ -220,7 +219,7 @@ class RGPTForCausalLM(RegionCausalLM):
                 raise ValueError("region masks need an image")
             pooled = batched_mask_pool(refined, region_masks)  # = region_tokens row by row, batched
             region_embeds = list(self.connector(torch.cat(pooled)).split([len(p) for p in pooled]))
-        return self.embed_inputs(input_ids.to(self.device), image_embeds, region_embeds)
+        return image_embeds, region_embeds
 
     # ------------------------------------------------------------------ checkpoints
 

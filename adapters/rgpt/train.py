@@ -36,7 +36,14 @@ from typing import Any
 import torch
 
 from bench.training import Conversation, Stage, all_texts, build_conversations, mix, train
-from bench.training.language import LanguageRecipe, pretrain_language, scene_objects
+from bench.training.alignment import AlignedLM, verbal_training
+from bench.training.language import (
+    AuxiliaryHeads,
+    LanguageRecipe,
+    pretrain_language,
+    scene_objects,
+    verbalize_all,
+)
 from bench.training.runs import (
     example_sets,
     paper_stages,
@@ -65,6 +72,10 @@ class Recipe:
     language_easy_steps: int = 0  # REC cut to 2 candidates, with classification and POPE (not needed: measured)
     language_steps: int = 4000  # the verbalized mix
     language_lr: float = 1e-3
+    # Stages 1 and 2 after stage L: weights of the vision tokens' pull toward stage L's word
+    # means and of stage L's frozen auxiliary heads (bench.training.alignment says why).
+    align_weight: float = 1.0
+    vision_aux_weight: float = 1.0
     stage1_steps: int = 600
     # Phases opening stage 2 (bench.training.runs.paper_stages). Without stage L, region
     # classification alone (1500 steps) was what made the LLM read the vision tokens; after
@@ -81,10 +92,12 @@ class Recipe:
     )
 
 
-def stages(recipe: Recipe) -> list[Stage]:
+def stages(recipe: Recipe, prefix: str = "") -> list[Stage]:
     """The paper's two stages: (1) refinement + connector; (2) + the LLM, opening with region
-    classification alone (:func:`bench.training.runs.paper_stages` says why). CLIP is never trained here."""
-    return paper_stages(recipe, ("refinement.", "connector."), ("llm.",))
+    classification alone (:func:`bench.training.runs.paper_stages` says why). CLIP is never trained here.
+    ``prefix``: where the model's parameters sit in the trained module (``model.`` in an
+    :class:`bench.training.alignment.AlignedLM`)."""
+    return paper_stages(recipe, (f"{prefix}refinement.", f"{prefix}connector."), (f"{prefix}llm.",))
 
 
 class CachedCollate:
@@ -178,9 +191,12 @@ def train_tiny_rgpt(data_root: Path | None, out_dir: Path, recipe: Recipe = Reci
                  progress=progress)
 
     # Stage L: the tiny LLM's stand-in for language pre-training, text only (vision tokens as words).
-    if recipe.language_easy_steps or recipe.language_steps:
-        stage_language(model.llm, out_dir, lambda directory: pretrain_language(
-            model, processor, examples, scene_objects(data_root, "train"), config.image_token_grid, directory,
+    language = bool(recipe.language_easy_steps or recipe.language_steps)
+    heads = AuxiliaryHeads(config.text_config.hidden_size)
+    scenes = scene_objects(data_root, "train") if language else {}
+    if language:
+        stage_language(model.llm, heads, out_dir, lambda directory: pretrain_language(
+            model, heads, processor, examples, scenes, config.image_token_grid, directory,
             LanguageRecipe(steps=recipe.language_steps, easy_steps=recipe.language_easy_steps,
                            lr=recipe.language_lr, batch_size=recipe.batch_size, seed=recipe.seed),
             progress=progress))
@@ -189,11 +205,18 @@ def train_tiny_rgpt(data_root: Path | None, out_dir: Path, recipe: Recipe = Reci
     grids, sizes = precompute_grids(model, processor, images)
 
     def save(trained: torch.nn.Module, directory: Path) -> None:
+        trained = trained.model if isinstance(trained, AlignedLM) else trained
         trained.save_pretrained(directory, tokenizer=tokenizer)
 
-    collate = CachedCollate(processor, grids, sizes, config.refined_grid)
+    collate: Any = CachedCollate(processor, grids, sizes, config.refined_grid)
+    trained: torch.nn.Module = model
+    if language and (recipe.align_weight or recipe.vision_aux_weight):
+        # Stages 1 and 2 keep the vision tokens close to stage L's words (bench.training.alignment).
+        trained, collate = verbal_training(model, heads, collate, processor,
+                                           verbalize_all(examples, scenes, config.image_token_grid),
+                                           config.num_image_tokens, recipe.align_weight, recipe.vision_aux_weight)
     sets = example_sets(base, examples, [kind for kind, _ in recipe.curriculum])
-    train(model, sets, collate, stages(recipe), out_dir, seed=recipe.seed, save_model=save,
-          progress=progress)
+    train(trained, sets, collate, stages(recipe, "model." if trained is not model else ""), out_dir,
+          seed=recipe.seed, save_model=save, progress=progress)
     record_seconds(out_dir, started)
     return out_dir

@@ -250,24 +250,40 @@ def mean_word_embeddings(embedding: nn.Embedding, word_ids: torch.Tensor) -> tor
     return vectors.sum(-2) / present.sum(-2).clamp(min=1)
 
 
+class AuxiliaryHeads(nn.Module):
+    """The two linear heads of :func:`auxiliary_targets` on the hidden state after LLM layer
+    ``layer``: ``match_head`` (one logit) and ``index_head`` (:data:`MAX_INDEX` logits). Trained
+    in stage L; stages 1 and 2 keep them frozen, as probes the vision tokens must satisfy
+    (:mod:`bench.training.alignment`). Not part of the checkpoint the adapters load."""
+
+    def __init__(self, hidden_size: int, layer: int = 2) -> None:
+        super().__init__()
+        self.layer = layer
+        self.match_head = nn.Linear(hidden_size, 1)
+        self.index_head = nn.Linear(hidden_size, MAX_INDEX)
+
+    def loss(self, hidden_states: Sequence[torch.Tensor], positions: torch.Tensor, match: torch.Tensor,
+             index: torch.Tensor) -> torch.Tensor:
+        """:func:`auxiliary_loss` at ``positions`` [N, 2] (row, column) of ``hidden_states[layer]``."""
+        hidden = hidden_states[self.layer][positions[:, 0], positions[:, 1]]
+        return auxiliary_loss(self.match_head(hidden)[:, 0], self.index_head(hidden), match, index)
+
+
 class VerbalizedLM(nn.Module):
     """A region LLM whose vision tokens are word means instead of connector outputs (stage L).
 
     Wraps a :class:`adapters.region_lm.RegionCausalLM`; its parameters keep their names under
     ``model.`` (the LLM trains as ``model.llm.``). Uses the model's own token substitution
     (``embed_inputs``) and position ids, so the LLM sees the layout it will see with vision.
-    With ``aux_weight`` > 0, two linear heads on the hidden state after layer ``aux_layer``
-    (``match_head``, ``index_head``; thrown away afterwards) add the :func:`auxiliary_targets`
-    losses (binary and softmax cross-entropy) to the answer loss.
+    With ``aux_weight`` > 0, the :class:`AuxiliaryHeads` ``heads`` add the
+    :func:`auxiliary_targets` losses to the answer loss.
     """
 
-    def __init__(self, model: nn.Module, aux_layer: int = 2, aux_weight: float = 1.0) -> None:
+    def __init__(self, model: nn.Module, heads: AuxiliaryHeads, aux_weight: float = 1.0) -> None:
         super().__init__()
         self.model = model
-        hidden = model.llm.config.hidden_size
-        self.aux_layer, self.aux_weight = aux_layer, aux_weight
-        self.match_head = nn.Linear(hidden, 1)
-        self.index_head = nn.Linear(hidden, MAX_INDEX)
+        self.heads = heads
+        self.aux_weight = aux_weight
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor | None,
                 cell_words: torch.Tensor, region_words: Sequence[torch.Tensor],
@@ -285,9 +301,8 @@ class VerbalizedLM(nn.Module):
                              output_hidden_states=auxiliary)
         if auxiliary and out.loss is not None:
             assert aux_positions is not None and aux_match is not None and aux_index is not None
-            hidden = out.hidden_states[self.aux_layer][aux_positions[:, 0], aux_positions[:, 1]]
-            out.loss = out.loss + self.aux_weight * auxiliary_loss(self.match_head(hidden)[:, 0],
-                                                                   self.index_head(hidden), aux_match, aux_index)
+            out.loss = out.loss + self.aux_weight * self.heads.loss(out.hidden_states, aux_positions, aux_match,
+                                                                    aux_index)
         return out
 
 
@@ -362,7 +377,7 @@ def language_stages(recipe: LanguageRecipe) -> list[Stage]:
     out = []
     for name, steps, data in (("language-easy", recipe.easy_steps, "easy"), ("language", recipe.steps, "all")):
         if steps:
-            out.append(Stage(name, ("model.llm.", "match_head.", "index_head."), steps, recipe.lr, recipe.batch_size,
+            out.append(Stage(name, ("model.llm.", "heads."), steps, recipe.lr, recipe.batch_size,
                              warmup_steps=min(recipe.warmup_steps, steps // 2),
                              weight_decay=recipe.weight_decay, data=data))
     return out
@@ -388,15 +403,10 @@ def language_sets(examples: Sequence[Any], verbals: dict[int, Verbal],
     return {"all": list(examples), "easy": easy}
 
 
-def pretrain_language(model: nn.Module, processor: Any, examples: Sequence[Any],
-                      scenes: Mapping[str, tuple[tuple[int, int], list[SceneObject]]], grid: int,
-                      out_dir: Path, recipe: LanguageRecipe = LanguageRecipe(),
-                      progress: bool = True) -> list[dict[str, Any]]:
-    """Train ``model.llm`` in place on the verbalized ``examples`` (their images' objects in
-    ``scenes``, from :func:`scene_objects`; ``grid``: the image-token grid's side). Uses
-    :func:`bench.training.train` under ``out_dir`` (resumable); returns its log."""
-    from bench.training.trainer import train
-
+def verbalize_all(examples: Sequence[Any], scenes: Mapping[str, tuple[tuple[int, int], list[SceneObject]]],
+                  grid: int) -> dict[int, Verbal]:
+    """:func:`verbalize` every conversation (keyed by ``id``); an image missing from ``scenes``
+    is a :class:`DataError` naming it and the way out."""
     verbals: dict[int, Verbal] = {}
     for conversation in examples:
         if conversation.image.key not in scenes:
@@ -406,7 +416,22 @@ def pretrain_language(model: nn.Module, processor: Any, examples: Sequence[Any],
                             "or skip stage L (--language-easy-steps 0 --language-steps 0)")
         size, objects = scenes[conversation.image.key]
         verbals[id(conversation)] = verbalize(conversation.regions, size, objects, grid)
+    return verbals
+
+
+def pretrain_language(model: nn.Module, heads: AuxiliaryHeads, processor: Any, examples: Sequence[Any],
+                      scenes: Mapping[str, tuple[tuple[int, int], list[SceneObject]]], grid: int,
+                      out_dir: Path, recipe: LanguageRecipe = LanguageRecipe(),
+                      progress: bool = True) -> list[dict[str, Any]]:
+    """Train ``model.llm`` and ``heads`` in place on the verbalized ``examples`` (their images' objects in
+    ``scenes``, from :func:`scene_objects`; ``grid``: the image-token grid's side). Uses
+    :func:`bench.training.train` under ``out_dir`` (resumable); returns its log."""
+    from bench.training.trainer import train
+
+    verbals = verbalize_all(examples, scenes, grid)
     sets = language_sets(examples, verbals, recipe)
     collate = VerbalCollate(processor, verbals, grid * grid)
-    wrapped = VerbalizedLM(model, aux_layer=recipe.aux_layer, aux_weight=recipe.aux_weight)
+    if heads.layer != recipe.aux_layer:
+        raise ValueError(f"the heads read layer {heads.layer}, the recipe says {recipe.aux_layer}")
+    wrapped = VerbalizedLM(model, heads, aux_weight=recipe.aux_weight)
     return train(wrapped, sets, collate, language_stages(recipe), out_dir, seed=recipe.seed, progress=progress)

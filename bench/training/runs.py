@@ -5,8 +5,9 @@
 * ``vision/tower.safetensors``: the stage-0 tower (:func:`stage0_tower`). A re-run with
   the same ``out_dir`` loads it instead of training it again, which is what makes a
   resumed run cheap (stage 0 is about half of a tiny run).
-* ``language/llm.safetensors``: the LLM after stage L (:func:`stage_language`), reused the
-  same way (``language/`` also holds that stage's own resume checkpoint and log).
+* ``language/llm.safetensors`` and ``language/heads.safetensors``: the LLM and the auxiliary
+  heads after stage L (:func:`stage_language`), reused the same way (``language/`` also holds
+  that stage's own resume checkpoint and log).
 
 And the stage plan both papers share (:func:`paper_stages`, :func:`example_sets`,
 :func:`parse_curriculum`).
@@ -33,6 +34,7 @@ VISION_DIR = "vision"
 TOWER_FILE = "tower.safetensors"
 LANGUAGE_DIR = "language"
 LLM_FILE = "llm.safetensors"
+HEADS_FILE = "heads.safetensors"
 
 
 def paper_stages(recipe: Any, connector: tuple[str, ...], llm: tuple[str, ...]) -> list[Stage]:
@@ -152,17 +154,23 @@ def stage0_tower(tower: nn.Module, out_dir: Path, initialise: Callable[[], None]
     tower.eval()
 
 
-def stage_language(llm: nn.Module, out_dir: Path, pretrain: Callable[[Path], Any]) -> None:
-    """Load ``out_dir/language/llm.safetensors`` into ``llm`` if a previous call wrote it; else
-    ``pretrain(out_dir / "language")`` (stage L, :func:`bench.training.language.pretrain_language`,
-    which trains ``llm`` in place and is itself resumable there) and save ``llm``."""
+def stage_language(llm: nn.Module, heads: nn.Module, out_dir: Path, pretrain: Callable[[Path], Any]) -> None:
+    """Load ``out_dir/language/{llm,heads}.safetensors`` into ``llm`` and ``heads`` if a previous
+    call wrote them; else ``pretrain(out_dir / "language")`` (stage L,
+    :func:`bench.training.language.pretrain_language`, which trains both in place and is itself
+    resumable there) and save them."""
     from safetensors.torch import load_model, save_model
 
     language_dir = out_dir / LANGUAGE_DIR
-    llm_file = language_dir / LLM_FILE
+    llm_file, heads_file = language_dir / LLM_FILE, language_dir / HEADS_FILE
     if llm_file.is_file():
+        if not heads_file.is_file():
+            raise DataError(f"{language_dir}: {LLM_FILE} without {HEADS_FILE} (written before the heads were "
+                            f"kept); delete {language_dir} to run stage L again")
         load_model(llm, str(llm_file))
+        load_model(heads, str(heads_file))
         return
     language_dir.mkdir(parents=True, exist_ok=True)
     pretrain(language_dir)
     save_model(llm, str(llm_file))
+    save_model(heads, str(heads_file))

@@ -1,0 +1,87 @@
+"""Stages 1 and 2 after stage L (bench.training.alignment): the two extra terms, by hand."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from bench.training.alignment import AlignedLM, WithVerbalTargets, alignment_loss, verbal_training
+from bench.training.language import AuxiliaryHeads, mean_word_embeddings
+
+
+def test_alignment_loss_by_hand() -> None:
+    vectors = torch.tensor([[1.0, 0.0], [0.0, 0.0]])
+    targets = torch.tensor([[0.0, 0.0], [0.0, 2.0]])
+    # squared errors 1 and 4 (mean 2.5) over the targets' mean squared norm (0 and 4: 2)
+    assert alignment_loss(vectors, targets).item() == pytest.approx(1.25)
+    assert alignment_loss(targets, targets).item() == 0.0
+    assert alignment_loss(torch.zeros_like(targets), targets).item() == pytest.approx(1.0)
+
+
+def _model_and_batch() -> tuple[torch.nn.Module, dict, dict]:
+    from adapters.rgpt.configuration_rgpt import RGPTConfig
+    from adapters.rgpt.modeling_rgpt import RGPTForCausalLM
+
+    torch.manual_seed(0)
+    config = RGPTConfig.tiny(vocab_size=20, image_token_id=10, region_token_id=11, bos_token_id=1,
+                             eos_token_id=2, pad_token_id=0)
+    config.vision_config.image_size = 32
+    model = RGPTForCausalLM(config)
+    n_image = config.num_image_tokens
+    ids = torch.tensor([[1] + [10] * n_image + [11, 3, 11, 4]])
+    masks = torch.zeros(2, 32, 32)
+    masks[0, :16, :16] = 1
+    masks[1, 8:, 8:] = 1
+    vision = {"pixel_values": torch.rand(1, 3, 32, 32), "region_masks": [masks]}
+    cells = torch.full((1, n_image, 8), -1)
+    cells[0, 0, :2] = torch.tensor([5, 6])
+    words = {"cell_words": cells, "region_words": [torch.tensor([[7] + [-1] * 7, [-1] * 8])],
+             "aux_positions": torch.tensor([[0, 1 + n_image], [0, 3 + n_image]]),
+             "aux_match": torch.tensor([1.0, 0.0]), "aux_index": torch.tensor([0, 1])}
+    return model, {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids, **vision}, words
+
+
+def test_aligned_lm_adds_the_alignment_and_the_auxiliary_terms_to_the_model_loss() -> None:
+    model, batch, words = _model_and_batch()
+    heads = AuxiliaryHeads(model.config.text_config.hidden_size, layer=1)
+    plain = AlignedLM(model, heads, align_weight=0.0, aux_weight=0.0)(**batch, **words)
+    reference = model(**batch)
+    assert torch.allclose(plain.loss, reference.loss, atol=1e-6)
+
+    image, regions = model.vision_embeds(pixel_values=batch["pixel_values"], region_masks=batch["region_masks"])
+    embedding = model.llm.get_input_embeddings()
+    targets = torch.cat([mean_word_embeddings(embedding, words["cell_words"][0]),
+                         mean_word_embeddings(embedding, words["region_words"][0])])
+    expected_align = alignment_loss(torch.cat([image[0], regions[0]]), targets)
+    out = AlignedLM(model, heads, align_weight=0.5, aux_weight=2.0)(**batch, **words)
+    expected_aux = heads.loss(out.hidden_states, words["aux_positions"], words["aux_match"], words["aux_index"])
+    assert out.alignment.item() == pytest.approx(expected_align.item(), rel=1e-5)
+    assert out.loss.item() == pytest.approx((reference.loss + 0.5 * expected_align + 2.0 * expected_aux).item(),
+                                            rel=1e-5)
+
+
+def test_the_alignment_term_trains_the_vision_side_not_the_word_table() -> None:
+    model, batch, words = _model_and_batch()
+    out = AlignedLM(model, AuxiliaryHeads(model.config.text_config.hidden_size), aux_weight=0.0)(
+        **{**batch, "labels": None}, **words)
+    out.alignment.backward()
+    assert model.connector[0].weight.grad is not None and model.connector[0].weight.grad.abs().sum() > 0
+    assert model.llm.get_input_embeddings().weight.grad is None  # targets carry no gradient
+
+
+def test_verbal_training_freezes_the_heads_and_checks_the_two_tokenizations_agree() -> None:
+    model, batch, words = _model_and_batch()
+    heads = AuxiliaryHeads(model.config.text_config.hidden_size)
+
+    class _Verbal:
+        def __call__(self, conversations):
+            ids = batch["input_ids"] if conversations == ["same"] else batch["input_ids"][:, :-1]
+            return {"input_ids": ids, **words}
+
+    wrapped, collate = verbal_training(model, heads, lambda c: dict(batch), object(), {}, 16, 1.0, 1.0)
+    assert not any(p.requires_grad for p in wrapped.heads.parameters())
+    collate = WithVerbalTargets(lambda c: dict(batch), _Verbal())
+    merged = collate(["same"])
+    assert merged["cell_words"] is words["cell_words"] and "region_masks" in merged
+    with pytest.raises(ValueError, match="tokenize differently"):
+        collate(["other"])
