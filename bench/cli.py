@@ -236,6 +236,14 @@ def train_gpt4roi(
         help="Checkpoint whose vision_tower.* starts stage 0 (default: the embedded tiny RGPT); 'none': "
              "train the tower from scratch.")] = None,
     vision_steps: Annotated[Optional[int], typer.Option(help="Stage 0 steps (tower adaptation).")] = None,
+    language_easy_steps: Annotated[Optional[int], typer.Option(
+        help="Stage L opening steps (text only: REC cut to 2 candidates, classification, POPE).")] = None,
+    language_steps: Annotated[Optional[int], typer.Option(
+        help="Stage L steps on the whole verbalized mix (default 0: no stage L; see README).")] = None,
+    align_weight: Annotated[Optional[float], typer.Option(
+        help="After stage L, stages 1 and 2: weight of the vision tokens' pull toward stage L's word means.")] = None,
+    vision_aux_weight: Annotated[Optional[float], typer.Option(
+        help="After stage L, stages 1 and 2: weight of stage L's frozen auxiliary heads.")] = None,
     stage1_steps: Annotated[Optional[int], typer.Option(help="Stage 1 steps (projector + region extractor).")] = None,
     curriculum: Annotated[Optional[str], typer.Option(
         help="Phases that open stage 2, each on one conversation kind or a union of kinds: "
@@ -255,6 +263,8 @@ def train_gpt4roi(
     overrides: dict[str, Any] = {"seed": seed, "stage1_steps": stage1_steps, "stage2_steps": stage2_steps,
                                  "batch_size": batch_size,
                                  "train_images": train_images, "vision_steps": vision_steps, "image_size": image_size,
+                                 "language_easy_steps": language_easy_steps, "language_steps": language_steps,
+                                 "align_weight": align_weight, "vision_aux_weight": vision_aux_weight,
                                  "curriculum": _curriculum(curriculum)}
     recipe = dataclasses.replace(Recipe(), **{k: v for k, v in overrides.items() if v is not None})
     if init_tower is not None:

@@ -21,7 +21,8 @@ def small_suite(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_train_then_evaluate_tiny_gpt4roi(small_suite: Path, tmp_path: Path) -> None:
     out = tmp_path / "ckpt"
     args = ["train", "gpt4roi", "--out", str(out), "--data-root", str(small_suite), "--init-tower", "none",
-            "--vision-steps", "2", "--stage1-steps", "2", "--curriculum", "classification=1", "--stage2-steps", "2",
+            "--vision-steps", "2", "--language-steps", "2", "--stage1-steps", "2", "--curriculum",
+            "classification=1", "--stage2-steps", "2",
             "--batch-size", "4",
             "--image-size", "64", "--no-progress"]
     trained = run_bench(*args)
@@ -33,6 +34,13 @@ def test_train_then_evaluate_tiny_gpt4roi(small_suite: Path, tmp_path: Path) -> 
     tower = load_file(str(out / "vision" / "tower.safetensors"))
     assert all((weights[f"vision_tower.{k}"] == v).all() for k, v in tower.items())  # frozen after stage 0
     assert any(k.startswith("model.spi_module.roi_align.") for k in weights) and "lm_head.weight" in weights
+    # Stage L ran (text only) and stages 1 and 2 trained through the alignment wrapper; the
+    # checkpoint holds the model alone, with the LLM moved on from stage L's.
+    language_log = json.loads((out / "language" / "log.json").read_text())
+    assert [(r["stage"], r["step"]) for r in language_log] == [("language", 1), ("language", 2)]
+    assert not any(k.startswith(("model.model.", "heads.")) for k in weights)
+    llm = load_file(str(out / "language" / "llm.safetensors"))
+    assert any(not (weights[k] == llm[k]).all() for k in llm if k.startswith("model.layers."))
 
     again = run_bench(*args)  # finds the finished run: weights unchanged
     assert again.returncode == 0, again.stderr

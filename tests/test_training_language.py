@@ -55,6 +55,16 @@ def test_cell_words_by_hand() -> None:
     assert cell_words([STAR, RING, STAR], (40, 20), 1) == (("star", "ring"),)
 
 
+def test_cell_words_of_a_stretched_image_by_hand() -> None:
+    # GPT4RoI stretches: a 40 x 20 image in 3 x 3 cells of 13.3 x 6.7 px. A 5 x 3 box at y 5..8
+    # covers 8.3 px^2 (9%) of the first row's cell and 6.7 px^2 (7.5%) of the second's.
+    dot = SceneObject((0.0, 5.0, 5.0, 8.0), ("small", "red", "dot"), "dot")
+    stretched = cell_words([dot], (40, 20), 3, square=False)
+    assert [i for i, words in enumerate(stretched) if words] == [0, 3] and stretched[0] == ("dot",)
+    # Padded to 40 x 40 the box sits at y 15..18: the second row's cell alone (13.3..26.7).
+    assert [i for i, words in enumerate(cell_words([dot], (40, 20), 3)) if words] == [3]
+
+
 def test_region_words_take_the_best_overlap_at_iou_half() -> None:
     assert region_words((0.0, 0.0, 10.0, 10.0), [STAR, RING]) == ("small", "red", "ring")
     assert region_words((0.0, 0.0, 10.0, 12.0), [RING, STAR]) == ("small", "red", "ring")  # IoU 0.83

@@ -30,7 +30,22 @@ from typing import Any
 import torch
 
 from bench.training import Conversation, Stage, all_texts, build_conversations, mix, train
-from bench.training.runs import example_sets, paper_stages, record_seconds, stage0_tower, write_recipe
+from bench.training.alignment import AlignedLM, verbal_training
+from bench.training.language import (
+    AuxiliaryHeads,
+    LanguageRecipe,
+    pretrain_language,
+    scene_objects,
+    verbalize_all,
+)
+from bench.training.runs import (
+    example_sets,
+    paper_stages,
+    record_seconds,
+    stage0_tower,
+    stage_language,
+    write_recipe,
+)
 from bench.training.vision import VisionRecipe, build_vision_examples, init_sincos_positions
 
 RGPT_TINY = Path(__file__).resolve().parents[1] / "rgpt" / "checkpoints" / "tiny"
@@ -49,6 +64,14 @@ class Recipe:
     vision_steps: int = 3000       # stage 0 steps (12000 from scratch)
     vision_batch_size: int = 16
     vision_lr: float = 1e-3
+    # Stage L and the alignment of stages 1 and 2, as the tiny RGPT's (adapters.rgpt.train);
+    # off by default here: with 256 image tokens stage L costs about 5x RGPT's, and it has
+    # not been measured on GPT4RoI yet.
+    language_easy_steps: int = 0
+    language_steps: int = 0
+    language_lr: float = 1e-3
+    align_weight: float = 1.0
+    vision_aux_weight: float = 1.0
     stage1_steps: int = 200
     # Stage 2 opens with region classification alone (bench.training.runs.paper_stages says why).
     curriculum: tuple[tuple[str, int], ...] = (("classification", 1500),)
@@ -62,10 +85,12 @@ class Recipe:
     )
 
 
-def stages(recipe: Recipe) -> list[Stage]:
+def stages(recipe: Recipe, prefix: str = "") -> list[Stage]:
     """GPT4RoI's two stages: (1) projector + region extractor; (2) + the LLM, opening with region
-    classification alone (:func:`bench.training.runs.paper_stages` says why). CLIP is never trained here."""
-    return paper_stages(recipe, EXTRACTOR_PREFIXES, LLM_PREFIXES)
+    classification alone (:func:`bench.training.runs.paper_stages` says why). CLIP is never trained here.
+    ``prefix``: where the model's parameters sit in the trained module (``model.`` in an
+    :class:`bench.training.alignment.AlignedLM`)."""
+    return paper_stages(recipe, tuple(prefix + p for p in EXTRACTOR_PREFIXES), tuple(prefix + p for p in LLM_PREFIXES))
 
 
 class CachedCollate:
@@ -162,14 +187,32 @@ def train_tiny_gpt4roi(data_root: Path | None, out_dir: Path, recipe: Recipe = R
                                                           seed=recipe.seed, batch_size=recipe.vision_batch_size),
                  progress=progress)
 
+    # Stage L (off by default; see Recipe): text only, vision tokens as words, images stretched.
+    language = bool(recipe.language_easy_steps or recipe.language_steps)
+    heads = AuxiliaryHeads(config.text_hidden_size)
+    scenes = scene_objects(data_root, "train") if language else {}
+    if language:
+        stage_language(model.llm, heads, out_dir, lambda directory: pretrain_language(
+            model, heads, processor, examples, scenes, config.patch_grid, directory,
+            LanguageRecipe(steps=recipe.language_steps, easy_steps=recipe.language_easy_steps,
+                           lr=recipe.language_lr, batch_size=recipe.batch_size, seed=recipe.seed),
+            progress=progress, llm_prefixes=LLM_PREFIXES, square=False))
+
     images = {c.image.key: c.image for c in base}
     states, sizes = precompute_states(model, processor, images)
 
     def save(trained: torch.nn.Module, directory: Path) -> None:
+        trained = trained.model if isinstance(trained, AlignedLM) else trained
         trained.save_pretrained(directory, tokenizer=tokenizer)
 
+    collate: Any = CachedCollate(processor, states, sizes)
+    trained: torch.nn.Module = model
+    if language and (recipe.align_weight or recipe.vision_aux_weight):
+        trained, collate = verbal_training(model, heads, collate, processor,
+                                           verbalize_all(examples, scenes, config.patch_grid, square=False),
+                                           config.num_image_tokens, recipe.align_weight, recipe.vision_aux_weight)
     sets = example_sets(base, examples, [kind for kind, _ in recipe.curriculum])
-    train(model, sets, CachedCollate(processor, states, sizes), stages(recipe), out_dir,
+    train(trained, sets, collate, stages(recipe, "model." if trained is not model else ""), out_dir,
           seed=recipe.seed, save_model=save, progress=progress)
     record_seconds(out_dir, started)
     return out_dir

@@ -103,9 +103,11 @@ def scene_objects(data_root: Path, split: str = "train") -> dict[str, tuple[tupl
     return scenes
 
 
-def verbalize(regions: Sequence[Any], size: tuple[int, int], objects: Sequence[SceneObject], grid: int) -> Verbal:
-    """The words of each image-token cell (``grid`` x ``grid``) and of each region (``bench.regions.Region``)."""
-    return Verbal(cell_words(objects, size, grid),
+def verbalize(regions: Sequence[Any], size: tuple[int, int], objects: Sequence[SceneObject], grid: int,
+              square: bool = True) -> Verbal:
+    """The words of each image-token cell (``grid`` x ``grid``; ``square``: see :func:`cell_words`)
+    and of each region (``bench.regions.Region``)."""
+    return Verbal(cell_words(objects, size, grid, square),
                   tuple(region_words(r.box, objects) for r in regions))
 
 
@@ -119,22 +121,28 @@ def region_words(box: Box, objects: Sequence[SceneObject]) -> tuple[str, ...]:
     return best.words if best is not None else ()
 
 
-def cell_words(objects: Sequence[SceneObject], size: tuple[int, int], grid: int) -> tuple[tuple[str, ...], ...]:
-    """Per cell of a ``grid`` x ``grid`` split of the image padded to a square (centred), the
+def cell_words(objects: Sequence[SceneObject], size: tuple[int, int], grid: int,
+               square: bool = True) -> tuple[tuple[str, ...], ...]:
+    """Per cell of a ``grid`` x ``grid`` split of the image -- padded to a square (centred), as
+    RGPT's processor does, or with ``square=False`` stretched to one, as GPT4RoI's does -- the
     categories (in object order, each once) whose boxes cover >= :data:`CELL_MIN_SHARE` of it."""
     width, height = size
-    side = max(width, height)
-    x_offset, y_offset = (side - width) / 2, (side - height) / 2
-    step = side / grid
+    if square:
+        side = max(width, height)
+        x_offset, y_offset = (side - width) / 2, (side - height) / 2
+        x_step = y_step = side / grid
+    else:
+        x_offset = y_offset = 0.0
+        x_step, y_step = width / grid, height / grid
     cells = []
     for row in range(grid):
         for col in range(grid):
-            x0, y0 = col * step - x_offset, row * step - y_offset
+            x0, y0 = col * x_step - x_offset, row * y_step - y_offset
             names: list[str] = []
             for obj in objects:
-                overlap_w = min(obj.box[2], x0 + step) - max(obj.box[0], x0)
-                overlap_h = min(obj.box[3], y0 + step) - max(obj.box[1], y0)
-                if overlap_w > 0 and overlap_h > 0 and overlap_w * overlap_h >= CELL_MIN_SHARE * step * step \
+                overlap_w = min(obj.box[2], x0 + x_step) - max(obj.box[0], x0)
+                overlap_h = min(obj.box[3], y0 + y_step) - max(obj.box[1], y0)
+                if overlap_w > 0 and overlap_h > 0 and overlap_w * overlap_h >= CELL_MIN_SHARE * x_step * y_step \
                         and obj.category not in names:
                     names.append(obj.category)
             cells.append(tuple(names))
@@ -371,13 +379,14 @@ class LanguageRecipe:
 EASY_KINDS = ("classification", "pope")  # what the opening phase keeps of the mix besides the easier REC
 
 
-def language_stages(recipe: LanguageRecipe) -> list[Stage]:
+def language_stages(recipe: LanguageRecipe, llm_prefixes: Sequence[str] = ("llm.",)) -> list[Stage]:
     """The opening phase (``easy``, when ``easy_steps``) then the verbalized mix (``all``); the
-    LLM and the auxiliary heads train (the :class:`VerbalizedLM` names)."""
+    LLM (``llm_prefixes``: its parameter names in the model) and the auxiliary heads train."""
+    trainable = (*(f"model.{prefix}" for prefix in llm_prefixes), "heads.")
     out = []
     for name, steps, data in (("language-easy", recipe.easy_steps, "easy"), ("language", recipe.steps, "all")):
         if steps:
-            out.append(Stage(name, ("model.llm.", "heads."), steps, recipe.lr, recipe.batch_size,
+            out.append(Stage(name, trainable, steps, recipe.lr, recipe.batch_size,
                              warmup_steps=min(recipe.warmup_steps, steps // 2),
                              weight_decay=recipe.weight_decay, data=data))
     return out
@@ -404,7 +413,7 @@ def language_sets(examples: Sequence[Any], verbals: dict[int, Verbal],
 
 
 def verbalize_all(examples: Sequence[Any], scenes: Mapping[str, tuple[tuple[int, int], list[SceneObject]]],
-                  grid: int) -> dict[int, Verbal]:
+                  grid: int, square: bool = True) -> dict[int, Verbal]:
     """:func:`verbalize` every conversation (keyed by ``id``); an image missing from ``scenes``
     is a :class:`DataError` naming it and the way out."""
     verbals: dict[int, Verbal] = {}
@@ -415,23 +424,26 @@ def verbalize_all(examples: Sequence[Any], scenes: Mapping[str, tuple[tuple[int,
                             "COCO nor the RefCOCOg instances file, so its objects are unknown; add it there, "
                             "or skip stage L (--language-easy-steps 0 --language-steps 0)")
         size, objects = scenes[conversation.image.key]
-        verbals[id(conversation)] = verbalize(conversation.regions, size, objects, grid)
+        verbals[id(conversation)] = verbalize(conversation.regions, size, objects, grid, square)
     return verbals
 
 
 def pretrain_language(model: nn.Module, heads: AuxiliaryHeads, processor: Any, examples: Sequence[Any],
                       scenes: Mapping[str, tuple[tuple[int, int], list[SceneObject]]], grid: int,
-                      out_dir: Path, recipe: LanguageRecipe = LanguageRecipe(),
-                      progress: bool = True) -> list[dict[str, Any]]:
+                      out_dir: Path, recipe: LanguageRecipe = LanguageRecipe(), progress: bool = True,
+                      llm_prefixes: Sequence[str] = ("llm.",), square: bool = True) -> list[dict[str, Any]]:
     """Train ``model.llm`` and ``heads`` in place on the verbalized ``examples`` (their images' objects in
-    ``scenes``, from :func:`scene_objects`; ``grid``: the image-token grid's side). Uses
-    :func:`bench.training.train` under ``out_dir`` (resumable); returns its log."""
+    ``scenes``, from :func:`scene_objects`; ``grid``: the image-token grid's side; ``square``:
+    whether the model pads images to a square or stretches them; ``llm_prefixes``: the LLM's
+    parameter names in ``model``). Uses :func:`bench.training.train` under ``out_dir``
+    (resumable); returns its log."""
     from bench.training.trainer import train
 
-    verbals = verbalize_all(examples, scenes, grid)
+    verbals = verbalize_all(examples, scenes, grid, square)
     sets = language_sets(examples, verbals, recipe)
     collate = VerbalCollate(processor, verbals, grid * grid)
     if heads.layer != recipe.aux_layer:
         raise ValueError(f"the heads read layer {heads.layer}, the recipe says {recipe.aux_layer}")
     wrapped = VerbalizedLM(model, heads, aux_weight=recipe.aux_weight)
-    return train(wrapped, sets, collate, language_stages(recipe), out_dir, seed=recipe.seed, progress=progress)
+    return train(wrapped, sets, collate, language_stages(recipe, llm_prefixes), out_dir, seed=recipe.seed,
+                 progress=progress)
