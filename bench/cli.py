@@ -187,6 +187,9 @@ def train_rgpt(
     language_steps: Annotated[Optional[int], typer.Option(
         help="Stage L steps on the whole verbalized mix (the tiny LLM's stand-in for language "
              "pre-training; 0 and --language-easy-steps 0: no stage L).")] = None,
+    language_cycles: Annotated[Optional[int], typer.Option(
+        help="Stage L: how many times the mix phase runs (warm restarts: fresh optimizer, warm-up, "
+             "cosine decay each time).")] = None,
     align_weight: Annotated[Optional[float], typer.Option(
         help="Stages 1 and 2: weight of the vision tokens' pull toward stage L's word means (0: none).")] = None,
     vision_aux_weight: Annotated[Optional[float], typer.Option(
@@ -212,6 +215,7 @@ def train_rgpt(
                  "batch_size": batch_size, "image_size": image_size,
                  "train_images": train_images, "vision_steps": vision_steps,
                  "language_easy_steps": language_easy_steps, "language_steps": language_steps,
+                 "language_cycles": language_cycles,
                  "align_weight": align_weight, "vision_aux_weight": vision_aux_weight,
                  "curriculum": _curriculum(curriculum)}
     recipe = dataclasses.replace(Recipe(), **{k: v for k, v in overrides.items() if v is not None})
@@ -240,6 +244,8 @@ def train_gpt4roi(
         help="Stage L opening steps (text only: REC cut to 2 candidates, classification, POPE).")] = None,
     language_steps: Annotated[Optional[int], typer.Option(
         help="Stage L steps on the whole verbalized mix (default 0: no stage L; see README).")] = None,
+    language_cycles: Annotated[Optional[int], typer.Option(
+        help="Stage L: how many times the mix phase runs (warm restarts).")] = None,
     align_weight: Annotated[Optional[float], typer.Option(
         help="After stage L, stages 1 and 2: weight of the vision tokens' pull toward stage L's word means.")] = None,
     vision_aux_weight: Annotated[Optional[float], typer.Option(
@@ -264,6 +270,7 @@ def train_gpt4roi(
                                  "batch_size": batch_size,
                                  "train_images": train_images, "vision_steps": vision_steps, "image_size": image_size,
                                  "language_easy_steps": language_easy_steps, "language_steps": language_steps,
+                                 "language_cycles": language_cycles,
                                  "align_weight": align_weight, "vision_aux_weight": vision_aux_weight,
                                  "curriculum": _curriculum(curriculum)}
     recipe = dataclasses.replace(Recipe(), **{k: v for k, v in overrides.items() if v is not None})

@@ -20,7 +20,7 @@ def small_suite(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_train_then_evaluate_tiny_rgpt(small_suite: Path, tmp_path: Path) -> None:
     out = tmp_path / "ckpt"
     args = ["train", "rgpt", "--out", str(out), "--data-root", str(small_suite), "--vision-steps", "2",
-            "--language-easy-steps", "2", "--language-steps", "1",
+            "--language-easy-steps", "2", "--language-steps", "1", "--language-cycles", "2",
             "--stage1-steps", "2", "--curriculum", "classification=2,pope=1", "--stage2-steps", "3",
             "--batch-size", "4",
             "--image-size", "64", "--no-progress"]
@@ -34,7 +34,7 @@ def test_train_then_evaluate_tiny_rgpt(small_suite: Path, tmp_path: Path) -> Non
     assert [r["step"] for r in vision_log["log"]] == [1, 2]
     language_log = json.loads((out / "language" / "log.json").read_text())
     assert [(r["stage"], r["step"]) for r in language_log] == [("language-easy", 1), ("language-easy", 2),
-                                                               ("language", 1)]
+                                                               ("language", 1), ("language-2", 1)]
     llm = load_file(str(out / "language" / "llm.safetensors"))
     heads = load_file(str(out / "language" / "heads.safetensors"))
     assert {k.split(".")[0] for k in heads} == {"match_head", "index_head"}

@@ -251,3 +251,15 @@ def test_an_image_without_known_objects_is_a_data_error_naming_it_and_the_fix(tm
     conversation = _rec_conversation(2, answer=1)
     with pytest.raises(DataError, match=r"'a\.png'.*--language-steps 0"):
         pretrain_language(torch.nn.Module(), AuxiliaryHeads(8), _Processor(), [conversation], {}, 4, tmp_path)
+
+
+def test_language_stages_warm_restarts_and_llm_prefixes() -> None:
+    from bench.training.language import LanguageRecipe, language_stages
+
+    stages = language_stages(LanguageRecipe(steps=300, easy_steps=50, cycles=2, warmup_steps=100),
+                             llm_prefixes=("model.layers.", "lm_head."))
+    assert [(s.name, s.steps, s.data, s.warmup_steps) for s in stages] == [
+        ("language-easy", 50, "easy", 25), ("language", 300, "all", 100), ("language-2", 300, "all", 100)]
+    assert stages[1].trainable == ("model.model.layers.", "model.lm_head.", "heads.")
+    # each cycle decays to zero and starts again from its own warm-up
+    assert stages[1].lr_at(299) < 1e-5 and stages[2].lr_at(0) == stages[1].lr_at(0)

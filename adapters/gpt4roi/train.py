@@ -69,6 +69,7 @@ class Recipe:
     # not been measured on GPT4RoI yet.
     language_easy_steps: int = 0
     language_steps: int = 0
+    language_cycles: int = 1
     language_lr: float = 1e-3
     align_weight: float = 1.0
     vision_aux_weight: float = 1.0
@@ -195,6 +196,7 @@ def train_tiny_gpt4roi(data_root: Path | None, out_dir: Path, recipe: Recipe = R
         stage_language(model.llm, heads, out_dir, lambda directory: pretrain_language(
             model, heads, processor, examples, scenes, config.patch_grid, directory,
             LanguageRecipe(steps=recipe.language_steps, easy_steps=recipe.language_easy_steps,
+                           cycles=recipe.language_cycles,
                            lr=recipe.language_lr, batch_size=recipe.batch_size, seed=recipe.seed),
             progress=progress, llm_prefixes=LLM_PREFIXES, square=False))
 

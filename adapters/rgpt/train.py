@@ -71,6 +71,7 @@ class Recipe:
     # Stage L: the tiny LLM's stand-in for language pre-training (bench.training.language says why).
     language_easy_steps: int = 0  # REC cut to 2 candidates, with classification and POPE (not needed: measured)
     language_steps: int = 4000  # the verbalized mix
+    language_cycles: int = 2  # warm restarts of the mix phase (LanguageRecipe.cycles)
     language_lr: float = 1e-3
     # Stages 1 and 2 after stage L: weights of the vision tokens' pull toward stage L's word
     # means and of stage L's frozen auxiliary heads (bench.training.alignment says why).
@@ -198,6 +199,7 @@ def train_tiny_rgpt(data_root: Path | None, out_dir: Path, recipe: Recipe = Reci
         stage_language(model.llm, heads, out_dir, lambda directory: pretrain_language(
             model, heads, processor, examples, scenes, config.image_token_grid, directory,
             LanguageRecipe(steps=recipe.language_steps, easy_steps=recipe.language_easy_steps,
+                           cycles=recipe.language_cycles,
                            lr=recipe.language_lr, batch_size=recipe.batch_size, seed=recipe.seed),
             progress=progress))
 

@@ -360,7 +360,11 @@ def fewer_candidates(conversation: Any, verbal: Verbal, keep: int,
 class LanguageRecipe:
     """Settings of stage L (recorded next to the checkpoint)."""
 
-    steps: int = 4000  # on the verbalized mix (the tiny RGPT's measured setting)
+    steps: int = 4000  # on the verbalized mix, per cycle (the tiny RGPT's measured setting)
+    # Warm restarts: the mix phase runs ``cycles`` times, each with a fresh optimizer, warm-up
+    # and cosine decay. Measured on the tiny RGPT: REC in words 55% after one cycle, 81% after
+    # a second (POPE 99% both).
+    cycles: int = 1
     # Opening phase, before ``steps``: REC cut to ``easy_candidates`` candidates, with the
     # classification and POPE conversations of the mix. 0 steps: no opening phase (the heads
     # made it unnecessary).
@@ -380,11 +384,15 @@ EASY_KINDS = ("classification", "pope")  # what the opening phase keeps of the m
 
 
 def language_stages(recipe: LanguageRecipe, llm_prefixes: Sequence[str] = ("llm.",)) -> list[Stage]:
-    """The opening phase (``easy``, when ``easy_steps``) then the verbalized mix (``all``); the
+    """The opening phase (``easy``, when ``easy_steps``) then ``cycles`` runs of the verbalized mix
+    (``all``: ``language``, ``language-2``, ...); the
     LLM (``llm_prefixes``: its parameter names in the model) and the auxiliary heads train."""
     trainable = (*(f"model.{prefix}" for prefix in llm_prefixes), "heads.")
+    phases = [("language-easy", recipe.easy_steps, "easy")]
+    phases += [("language" if cycle == 0 else f"language-{cycle + 1}", recipe.steps, "all")
+               for cycle in range(recipe.cycles)]
     out = []
-    for name, steps, data in (("language-easy", recipe.easy_steps, "easy"), ("language", recipe.steps, "all")):
+    for name, steps, data in phases:
         if steps:
             out.append(Stage(name, trainable, steps, recipe.lr, recipe.batch_size,
                              warmup_steps=min(recipe.warmup_steps, steps // 2),
