@@ -4,7 +4,8 @@ Why: stage L (:mod:`bench.training.language`) trains the tiny LLM on conversatio
 vision tokens are word means (a region token: the mean embedding of ``medium red ring``).
 The LLM then answers POPE and REC from those vectors, but stage 1 only asks the connector
 for vectors that make the answers likely, and through a frozen LLM that signal is weak:
-the connector's outputs drifted to 50x the norm of the word means, and the transfer was
+the connector's outputs drifted far from the word means (after 600 steps their squared
+distance was 50 times the means' squared norm), and the transfer was
 fragile (two runs differing only in the stage-L checkpoint: REC 48.0 and 17.2). The paper
 models have no such gap to cross: at full size, stage 1's captions align the connector with
 Vicuna's word embeddings.
@@ -21,7 +22,8 @@ What: two terms are added to the answer loss of stages 1 and 2 (the model's own 
 
 Measured on the tiny RGPT (stage 1 alone, 600 steps, the step-4000 stage-L LLM, 150 val
 conversations per kind): without these terms classification 83%, POPE 51%, REC 23%; with
-them 77%, 76% and 37%.
+them 77%, 76% and 37%. After the full stage 2, on the evaluation split: POPE-adversarial
+F1 54.2 -> 82.8, REC 17.2 -> 61.1 (README, runs B and C).
 """
 
 from __future__ import annotations
