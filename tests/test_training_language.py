@@ -244,13 +244,13 @@ def test_verbalized_lm_adds_the_auxiliary_loss_from_the_chosen_layer() -> None:
     assert torch.allclose(out.loss, plain.loss + 0.5 * extra, atol=1e-6)
 
 
-def test_an_image_without_known_objects_is_a_data_error_naming_it_and_the_fix(tmp_path: Path) -> None:
+def test_an_image_without_known_objects_is_a_data_error_naming_it_and_the_fix() -> None:
     from bench.errors import DataError
-    from bench.training.language import pretrain_language
+    from bench.training.language import verbalize_all
 
     conversation = _rec_conversation(2, answer=1)
     with pytest.raises(DataError, match=r"'a\.png'.*--language-steps 0"):
-        pretrain_language(torch.nn.Module(), AuxiliaryHeads(8), _Processor(), [conversation], {}, 4, tmp_path)
+        verbalize_all([conversation], {}, 4)
 
 
 def test_language_stages_warm_restarts_and_llm_prefixes() -> None:

@@ -30,20 +30,12 @@ from typing import Any
 import torch
 
 from bench.training import Conversation, Stage, all_texts, build_conversations, mix, train
-from bench.training.alignment import AlignedLM, verbal_training
-from bench.training.language import (
-    AuxiliaryHeads,
-    LanguageRecipe,
-    pretrain_language,
-    scene_objects,
-    verbalize_all,
-)
 from bench.training.runs import (
     example_sets,
+    language_then_alignment,
     paper_stages,
     record_seconds,
     stage0_tower,
-    stage_language,
     write_recipe,
 )
 from bench.training.vision import VisionRecipe, build_vision_examples, init_sincos_positions
@@ -188,33 +180,21 @@ def train_tiny_gpt4roi(data_root: Path | None, out_dir: Path, recipe: Recipe = R
                                                           seed=recipe.seed, batch_size=recipe.vision_batch_size),
                  progress=progress)
 
-    # Stage L (off by default; see Recipe): text only, vision tokens as words, images stretched.
-    language = bool(recipe.language_easy_steps or recipe.language_steps)
-    heads = AuxiliaryHeads(config.text_hidden_size)
-    scenes = scene_objects(data_root, "train") if language else {}
-    if language:
-        stage_language(model.llm, heads, out_dir, lambda directory: pretrain_language(
-            model, heads, processor, examples, scenes, config.patch_grid, directory,
-            LanguageRecipe(steps=recipe.language_steps, easy_steps=recipe.language_easy_steps,
-                           cycles=recipe.language_cycles,
-                           lr=recipe.language_lr, batch_size=recipe.batch_size, seed=recipe.seed),
-            progress=progress, llm_prefixes=LLM_PREFIXES, square=False))
+    # Stage L (off by default; see Recipe): text only, vision tokens as words, images stretched;
+    # then the alignment of stages 1 and 2 (bench.training.alignment).
+    def cached_collate() -> CachedCollate:
+        states, sizes = precompute_states(model, processor, {c.image.key: c.image for c in base})
+        return CachedCollate(processor, states, sizes)
 
-    images = {c.image.key: c.image for c in base}
-    states, sizes = precompute_states(model, processor, images)
+    trained, collate, prefix = language_then_alignment(model, processor, examples, data_root, out_dir, recipe,
+                                                       cached_collate, config.patch_grid, llm_prefixes=LLM_PREFIXES,
+                                                       square=False, progress=progress)
 
-    def save(trained: torch.nn.Module, directory: Path) -> None:
-        trained = trained.model if isinstance(trained, AlignedLM) else trained
-        trained.save_pretrained(directory, tokenizer=tokenizer)
+    def save(_: torch.nn.Module, directory: Path) -> None:
+        model.save_pretrained(directory, tokenizer=tokenizer)  # the model alone, without any wrapper
 
-    collate: Any = CachedCollate(processor, states, sizes)
-    trained: torch.nn.Module = model
-    if language and (recipe.align_weight or recipe.vision_aux_weight):
-        trained, collate = verbal_training(model, heads, collate, processor,
-                                           verbalize_all(examples, scenes, config.patch_grid, square=False),
-                                           config.num_image_tokens, recipe.align_weight, recipe.vision_aux_weight)
     sets = example_sets(base, examples, [kind for kind, _ in recipe.curriculum])
-    train(trained, sets, collate, stages(recipe, "model." if trained is not model else ""), out_dir,
-          seed=recipe.seed, save_model=save, progress=progress)
+    train(trained, sets, collate, stages(recipe, prefix), out_dir, seed=recipe.seed, save_model=save,
+          progress=progress)
     record_seconds(out_dir, started)
     return out_dir

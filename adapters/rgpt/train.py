@@ -36,20 +36,12 @@ from typing import Any
 import torch
 
 from bench.training import Conversation, Stage, all_texts, build_conversations, mix, train
-from bench.training.alignment import AlignedLM, verbal_training
-from bench.training.language import (
-    AuxiliaryHeads,
-    LanguageRecipe,
-    pretrain_language,
-    scene_objects,
-    verbalize_all,
-)
 from bench.training.runs import (
     example_sets,
+    language_then_alignment,
     paper_stages,
     record_seconds,
     stage0_tower,
-    stage_language,
     write_recipe,
 )
 from bench.training.vision import VisionRecipe, build_vision_examples, init_sincos_positions
@@ -191,34 +183,20 @@ def train_tiny_rgpt(data_root: Path | None, out_dir: Path, recipe: Recipe = Reci
                               presence_grid=recipe.image_token_grid if recipe.vision_presence else 0),
                  progress=progress)
 
-    # Stage L: the tiny LLM's stand-in for language pre-training, text only (vision tokens as words).
-    language = bool(recipe.language_easy_steps or recipe.language_steps)
-    heads = AuxiliaryHeads(config.text_config.hidden_size)
-    scenes = scene_objects(data_root, "train") if language else {}
-    if language:
-        stage_language(model.llm, heads, out_dir, lambda directory: pretrain_language(
-            model, heads, processor, examples, scenes, config.image_token_grid, directory,
-            LanguageRecipe(steps=recipe.language_steps, easy_steps=recipe.language_easy_steps,
-                           cycles=recipe.language_cycles,
-                           lr=recipe.language_lr, batch_size=recipe.batch_size, seed=recipe.seed),
-            progress=progress))
+    # Stage L: the tiny LLM's stand-in for language pre-training, text only (vision tokens as words);
+    # then stages 1 and 2 keep the vision tokens close to its words (bench.training.alignment).
+    def cached_collate() -> CachedCollate:
+        grids, sizes = precompute_grids(model, processor, {c.image.key: c.image for c in base})
+        return CachedCollate(processor, grids, sizes, config.refined_grid)
 
-    images = {c.image.key: c.image for c in base}
-    grids, sizes = precompute_grids(model, processor, images)
+    trained, collate, prefix = language_then_alignment(model, processor, examples, data_root, out_dir, recipe,
+                                                       cached_collate, config.image_token_grid, progress=progress)
 
-    def save(trained: torch.nn.Module, directory: Path) -> None:
-        trained = trained.model if isinstance(trained, AlignedLM) else trained
-        trained.save_pretrained(directory, tokenizer=tokenizer)
+    def save(_: torch.nn.Module, directory: Path) -> None:
+        model.save_pretrained(directory, tokenizer=tokenizer)  # the model alone, without any wrapper
 
-    collate: Any = CachedCollate(processor, grids, sizes, config.refined_grid)
-    trained: torch.nn.Module = model
-    if language and (recipe.align_weight or recipe.vision_aux_weight):
-        # Stages 1 and 2 keep the vision tokens close to stage L's words (bench.training.alignment).
-        trained, collate = verbal_training(model, heads, collate, processor,
-                                           verbalize_all(examples, scenes, config.image_token_grid),
-                                           config.num_image_tokens, recipe.align_weight, recipe.vision_aux_weight)
     sets = example_sets(base, examples, [kind for kind, _ in recipe.curriculum])
-    train(trained, sets, collate, stages(recipe, "model." if trained is not model else ""), out_dir,
-          seed=recipe.seed, save_model=save, progress=progress)
+    train(trained, sets, collate, stages(recipe, prefix), out_dir, seed=recipe.seed, save_model=save,
+          progress=progress)
     record_seconds(out_dir, started)
     return out_dir

@@ -437,17 +437,16 @@ def verbalize_all(examples: Sequence[Any], scenes: Mapping[str, tuple[tuple[int,
 
 
 def pretrain_language(model: nn.Module, heads: AuxiliaryHeads, processor: Any, examples: Sequence[Any],
-                      scenes: Mapping[str, tuple[tuple[int, int], list[SceneObject]]], grid: int,
-                      out_dir: Path, recipe: LanguageRecipe = LanguageRecipe(), progress: bool = True,
-                      llm_prefixes: Sequence[str] = ("llm.",), square: bool = True) -> list[dict[str, Any]]:
-    """Train ``model.llm`` and ``heads`` in place on the verbalized ``examples`` (their images' objects in
-    ``scenes``, from :func:`scene_objects`; ``grid``: the image-token grid's side; ``square``:
-    whether the model pads images to a square or stretches them; ``llm_prefixes``: the LLM's
+                      verbals: Mapping[int, Verbal], grid: int, out_dir: Path,
+                      recipe: LanguageRecipe = LanguageRecipe(), progress: bool = True,
+                      llm_prefixes: Sequence[str] = ("llm.",)) -> list[dict[str, Any]]:
+    """Train ``model.llm`` and ``heads`` in place on the verbalized ``examples`` (``verbals``: from
+    :func:`verbalize_all`; ``grid``: the image-token grid's side; ``llm_prefixes``: the LLM's
     parameter names in ``model``). Uses :func:`bench.training.train` under ``out_dir``
     (resumable); returns its log."""
     from bench.training.trainer import train
 
-    verbals = verbalize_all(examples, scenes, grid, square)
+    verbals = dict(verbals)  # the opening phase adds the verbals of its cut-down conversations
     sets = language_sets(examples, verbals, recipe)
     collate = VerbalCollate(processor, verbals, grid * grid)
     if heads.layer != recipe.aux_layer:

@@ -154,6 +154,47 @@ def stage0_tower(tower: nn.Module, out_dir: Path, initialise: Callable[[], None]
     tower.eval()
 
 
+def language_then_alignment(model: nn.Module, processor: Any, examples: Sequence[Any], data_root: Path,
+                            out_dir: Path, recipe: Any, make_collate: Callable[[], Any], grid: int,
+                            llm_prefixes: Sequence[str] = ("llm.",), square: bool = True,
+                            progress: bool = True) -> tuple[nn.Module, Any, str]:
+    """Stage L when ``recipe`` has steps for it (:func:`stage_language`), then what stages 1 and
+    2 train: ``model`` with ``make_collate()``, or after stage L and with a non-zero alignment
+    weight, the :class:`bench.training.alignment.AlignedLM` around it with its collate. Returns
+    (module, collate, the prefix of the model's parameter names in the module).
+
+    ``recipe``: a tiny model's recipe (``language_easy_steps``, ``language_steps``,
+    ``language_cycles``, ``language_lr``, ``align_weight``, ``vision_aux_weight``,
+    ``batch_size``, ``seed``); ``grid``: the image-token grid's side; ``square``: whether the
+    model pads images to a square (RGPT) or stretches them (GPT4RoI); ``llm_prefixes``: the
+    LLM's parameter names in ``model``. The training images' objects are read and verbalized
+    once, for both stage L and the alignment."""
+    from bench.training.alignment import verbal_training
+    from bench.training.language import (
+        AuxiliaryHeads,
+        LanguageRecipe,
+        pretrain_language,
+        scene_objects,
+        verbalize_all,
+    )
+
+    if not (recipe.language_easy_steps or recipe.language_steps):
+        return model, make_collate(), ""
+    heads = AuxiliaryHeads(model.llm.config.hidden_size)
+    verbals = verbalize_all(examples, scene_objects(data_root, "train"), grid, square)
+    language = LanguageRecipe(steps=recipe.language_steps, easy_steps=recipe.language_easy_steps,
+                              cycles=recipe.language_cycles, lr=recipe.language_lr, batch_size=recipe.batch_size,
+                              seed=recipe.seed)
+    stage_language(model.llm, heads, out_dir, lambda directory: pretrain_language(
+        model, heads, processor, examples, verbals, grid, directory, language, progress=progress,
+        llm_prefixes=llm_prefixes))
+    if not (recipe.align_weight or recipe.vision_aux_weight):
+        return model, make_collate(), ""
+    wrapped, collate = verbal_training(model, heads, make_collate(), processor, verbals, grid * grid,
+                                       recipe.align_weight, recipe.vision_aux_weight)
+    return wrapped, collate, "model."
+
+
 def stage_language(llm: nn.Module, heads: nn.Module, out_dir: Path, pretrain: Callable[[Path], Any]) -> None:
     """Load ``out_dir/language/{llm,heads}.safetensors`` into ``llm`` and ``heads`` if a previous
     call wrote them; else ``pretrain(out_dir / "language")`` (stage L,
