@@ -169,6 +169,20 @@ def _curriculum(text: str | None) -> tuple[tuple[str, int], ...] | None:
         raise typer.BadParameter(str(error), param_hint="--curriculum") from None
 
 
+# Options both tiny-model train commands share (stage L and the alignment of stages 1 and 2).
+LanguageEasySteps = Annotated[Optional[int], typer.Option(
+    help="Stage L opening steps (text only: REC cut to 2 candidates, classification, POPE).")]
+LanguageCycles = Annotated[Optional[int], typer.Option(
+    help="Stage L: how many times the mix phase runs (warm restarts: fresh optimizer, warm-up, "
+         "cosine decay each time).")]
+AlignWeight = Annotated[Optional[float], typer.Option(
+    help="After stage L, stages 1 and 2: weight of the vision tokens' pull toward stage L's word means "
+         "(0: none).")]
+VisionAuxWeight = Annotated[Optional[float], typer.Option(
+    help="After stage L, stages 1 and 2: weight of stage L's frozen auxiliary heads on the vision run "
+         "(0: none).")]
+
+
 @train_app.command("rgpt")
 @user_errors
 def train_rgpt(
@@ -182,18 +196,13 @@ def train_rgpt(
         help="Training images of the default synthetic training suite.")] = None,
     vision_steps: Annotated[Optional[int], typer.Option(
         help="Stage 0 steps (the tiny vision tower's stand-in for CLIP pre-training).")] = None,
-    language_easy_steps: Annotated[Optional[int], typer.Option(
-        help="Stage L opening steps (text only: REC cut to 2 candidates, classification, POPE).")] = None,
+    language_easy_steps: LanguageEasySteps = None,
     language_steps: Annotated[Optional[int], typer.Option(
         help="Stage L steps on the whole verbalized mix (the tiny LLM's stand-in for language "
              "pre-training; 0 and --language-easy-steps 0: no stage L).")] = None,
-    language_cycles: Annotated[Optional[int], typer.Option(
-        help="Stage L: how many times the mix phase runs (warm restarts: fresh optimizer, warm-up, "
-             "cosine decay each time).")] = None,
-    align_weight: Annotated[Optional[float], typer.Option(
-        help="Stages 1 and 2: weight of the vision tokens' pull toward stage L's word means (0: none).")] = None,
-    vision_aux_weight: Annotated[Optional[float], typer.Option(
-        help="Stages 1 and 2: weight of stage L's frozen auxiliary heads on the vision run (0: none).")] = None,
+    language_cycles: LanguageCycles = None,
+    align_weight: AlignWeight = None,
+    vision_aux_weight: VisionAuxWeight = None,
     stage1_steps: Annotated[Optional[int], typer.Option(help="Stage 1 steps (refinement + connector).")] = None,
     curriculum: Annotated[Optional[str], typer.Option(
         help="Phases that open stage 2, each on one conversation kind or a union of kinds: "
@@ -240,16 +249,12 @@ def train_gpt4roi(
         help="Checkpoint whose vision_tower.* starts stage 0 (default: the embedded tiny RGPT); 'none': "
              "train the tower from scratch.")] = None,
     vision_steps: Annotated[Optional[int], typer.Option(help="Stage 0 steps (tower adaptation).")] = None,
-    language_easy_steps: Annotated[Optional[int], typer.Option(
-        help="Stage L opening steps (text only: REC cut to 2 candidates, classification, POPE).")] = None,
+    language_easy_steps: LanguageEasySteps = None,
     language_steps: Annotated[Optional[int], typer.Option(
         help="Stage L steps on the whole verbalized mix (default 0: no stage L; see README).")] = None,
-    language_cycles: Annotated[Optional[int], typer.Option(
-        help="Stage L: how many times the mix phase runs (warm restarts).")] = None,
-    align_weight: Annotated[Optional[float], typer.Option(
-        help="After stage L, stages 1 and 2: weight of the vision tokens' pull toward stage L's word means.")] = None,
-    vision_aux_weight: Annotated[Optional[float], typer.Option(
-        help="After stage L, stages 1 and 2: weight of stage L's frozen auxiliary heads.")] = None,
+    language_cycles: LanguageCycles = None,
+    align_weight: AlignWeight = None,
+    vision_aux_weight: VisionAuxWeight = None,
     stage1_steps: Annotated[Optional[int], typer.Option(help="Stage 1 steps (projector + region extractor).")] = None,
     curriculum: Annotated[Optional[str], typer.Option(
         help="Phases that open stage 2, each on one conversation kind or a union of kinds: "
