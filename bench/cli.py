@@ -181,6 +181,11 @@ AlignWeight = Annotated[Optional[float], typer.Option(
 VisionAuxWeight = Annotated[Optional[float], typer.Option(
     help="After stage L, stages 1 and 2: weight of stage L's frozen auxiliary heads on the vision run "
          "(0: none).")]
+ContrastWeight = Annotated[Optional[float], typer.Option(
+    help="After stage L, stages 1 and 2: weight of the contrast that makes each vision token pick its "
+         "own words among the batch's (0: none).")]
+ContrastTemperature = Annotated[Optional[float], typer.Option(
+    help="Temperature of that contrast, relative to the word means' mean squared norm.")]
 
 
 @train_app.command("rgpt")
@@ -203,6 +208,8 @@ def train_rgpt(
     language_cycles: LanguageCycles = None,
     align_weight: AlignWeight = None,
     vision_aux_weight: VisionAuxWeight = None,
+    contrast_weight: ContrastWeight = None,
+    contrast_temperature: ContrastTemperature = None,
     stage1_steps: Annotated[Optional[int], typer.Option(help="Stage 1 steps (refinement + connector).")] = None,
     curriculum: Annotated[Optional[str], typer.Option(
         help="Phases that open stage 2, each on one conversation kind or a union of kinds: "
@@ -226,6 +233,7 @@ def train_rgpt(
                  "language_easy_steps": language_easy_steps, "language_steps": language_steps,
                  "language_cycles": language_cycles,
                  "align_weight": align_weight, "vision_aux_weight": vision_aux_weight,
+                 "contrast_weight": contrast_weight, "contrast_temperature": contrast_temperature,
                  "curriculum": _curriculum(curriculum)}
     recipe = dataclasses.replace(Recipe(), **{k: v for k, v in overrides.items() if v is not None})
     root = train_tiny_rgpt(resolve_data_root(data_root) if data_root is not None else None, out, recipe,
@@ -255,6 +263,8 @@ def train_gpt4roi(
     language_cycles: LanguageCycles = None,
     align_weight: AlignWeight = None,
     vision_aux_weight: VisionAuxWeight = None,
+    contrast_weight: ContrastWeight = None,
+    contrast_temperature: ContrastTemperature = None,
     stage1_steps: Annotated[Optional[int], typer.Option(help="Stage 1 steps (projector + region extractor).")] = None,
     curriculum: Annotated[Optional[str], typer.Option(
         help="Phases that open stage 2, each on one conversation kind or a union of kinds: "
@@ -277,6 +287,7 @@ def train_gpt4roi(
                                  "language_easy_steps": language_easy_steps, "language_steps": language_steps,
                                  "language_cycles": language_cycles,
                                  "align_weight": align_weight, "vision_aux_weight": vision_aux_weight,
+                                 "contrast_weight": contrast_weight, "contrast_temperature": contrast_temperature,
                                  "curriculum": _curriculum(curriculum)}
     recipe = dataclasses.replace(Recipe(), **{k: v for k, v in overrides.items() if v is not None})
     if init_tower is not None:

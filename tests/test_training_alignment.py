@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
-from bench.training.alignment import AlignedLM, WithVerbalTargets, alignment_loss, verbal_training
+from bench.training.alignment import (
+    AlignedLM,
+    WithVerbalTargets,
+    alignment_loss,
+    verbal_training,
+    word_contrast_loss,
+)
 from bench.training.language import AuxiliaryHeads, mean_word_embeddings
 
 
@@ -16,6 +24,25 @@ def test_alignment_loss_by_hand() -> None:
     assert alignment_loss(vectors, targets).item() == pytest.approx(1.25)
     assert alignment_loss(targets, targets).item() == 0.0
     assert alignment_loss(torch.zeros_like(targets), targets).item() == pytest.approx(1.0)
+
+
+def test_word_contrast_loss_by_hand() -> None:
+    embedding = torch.nn.Embedding(4, 2)
+    with torch.no_grad():
+        embedding.weight.copy_(torch.tensor([[9.0, 9.0], [2.0, 0.0], [0.0, 2.0], [7.0, 7.0]]))
+    # sets: {1} (mean [2, 0]), {1, 2} twice in two orders (mean [1, 1]), none (zero);
+    # means' mean squared norm (0 + 4 + 2) / 3 = 2, so temperature 0.5 divides distances by 1
+    words = torch.tensor([[1, -1], [2, 1], [1, 2], [-1, -1]])
+    vectors = torch.tensor([[2.0, 0.0], [1.0, 1.0], [0.0, 0.0], [1.0, 0.0]])
+    # squared distances to (zero, [2, 0], [1, 1]): (4, 0, 2), (2, 2, 0), (0, 4, 2), (1, 1, 1)
+    expected = (math.log(1 + math.exp(-2) + math.exp(-4))  # own: [2, 0]
+                + math.log(1 + 2 * math.exp(-2))  # own: [1, 1]
+                + 2 + math.log(1 + math.exp(-2) + math.exp(-4))  # own [1, 1] at distance 2, zero at 0
+                + math.log(3)) / 4  # all three at distance 1
+    assert word_contrast_loss(vectors, words, embedding, 0.5).item() == pytest.approx(expected, rel=1e-6)
+    # vectors on their own means, at a low temperature: next to no loss (here exp(-2 / (0.05 * 3)))
+    assert word_contrast_loss(vectors[:2], words[:2], embedding, 0.05).item() == pytest.approx(
+        math.log(1 + math.exp(-2 / 0.15)), rel=0.05)  # float32 near 0
 
 
 def _model_and_batch() -> tuple[torch.nn.Module, dict, dict]:
@@ -58,6 +85,13 @@ def test_aligned_lm_adds_the_alignment_and_the_auxiliary_terms_to_the_model_loss
     assert out.alignment.item() == pytest.approx(expected_align.item(), rel=1e-5)
     assert out.loss.item() == pytest.approx((reference.loss + 0.5 * expected_align + 2.0 * expected_aux).item(),
                                             rel=1e-5)
+
+    all_words = torch.cat([words["cell_words"][0], words["region_words"][0]])
+    expected_contrast = word_contrast_loss(torch.cat([image[0], regions[0]]), all_words, embedding, 0.1)
+    contrasted = AlignedLM(model, heads, align_weight=0.5, aux_weight=2.0, contrast_weight=3.0,
+                           contrast_temperature=0.1)(**batch, **words)
+    assert contrasted.loss.item() == pytest.approx(
+        (out.loss + 3.0 * expected_contrast).item(), rel=1e-5)
 
 
 def test_the_alignment_term_trains_the_vision_side_not_the_word_table() -> None:

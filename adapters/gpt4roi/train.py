@@ -65,6 +65,8 @@ class Recipe:
     language_lr: float = 1e-3
     align_weight: float = 1.0
     vision_aux_weight: float = 1.0
+    contrast_weight: float = 0.0
+    contrast_temperature: float = 0.01
     stage1_steps: int = 200
     # Stage 2 opens with region classification alone (bench.training.runs.paper_stages says why).
     curriculum: tuple[tuple[str, int], ...] = (("classification", 1500),)

@@ -69,6 +69,10 @@ class Recipe:
     # means and of stage L's frozen auxiliary heads (bench.training.alignment says why).
     align_weight: float = 1.0
     vision_aux_weight: float = 1.0
+    # ... and of a contrast that makes each vision token pick its own words among the batch's
+    # (bench.training.alignment.word_contrast_loss: without it stage 1 lost the regions' colour).
+    contrast_weight: float = 0.0
+    contrast_temperature: float = 0.01
     stage1_steps: int = 600
     # Phases opening stage 2 (bench.training.runs.paper_stages). Without stage L, region
     # classification alone (1500 steps) was what made the LLM read the vision tokens; after
