@@ -27,22 +27,26 @@ def test_alignment_loss_by_hand() -> None:
 
 
 def test_word_contrast_loss_by_hand() -> None:
-    embedding = torch.nn.Embedding(4, 2)
+    embedding = torch.nn.Embedding(3, 2)
     with torch.no_grad():
-        embedding.weight.copy_(torch.tensor([[9.0, 9.0], [2.0, 0.0], [0.0, 2.0], [7.0, 7.0]]))
-    # sets: {1} (mean [2, 0]), {1, 2} twice in two orders (mean [1, 1]), none (zero);
-    # means' mean squared norm (0 + 4 + 2) / 3 = 2, so temperature 0.5 divides distances by 1
-    words = torch.tensor([[1, -1], [2, 1], [1, 2], [-1, -1]])
-    vectors = torch.tensor([[2.0, 0.0], [1.0, 1.0], [0.0, 0.0], [1.0, 0.0]])
-    # squared distances to (zero, [2, 0], [1, 1]): (4, 0, 2), (2, 2, 0), (0, 4, 2), (1, 1, 1)
-    expected = (math.log(1 + math.exp(-2) + math.exp(-4))  # own: [2, 0]
-                + math.log(1 + 2 * math.exp(-2))  # own: [1, 1]
-                + 2 + math.log(1 + math.exp(-2) + math.exp(-4))  # own [1, 1] at distance 2, zero at 0
-                + math.log(3)) / 4  # all three at distance 1
-    assert word_contrast_loss(vectors, words, embedding, 0.5).item() == pytest.approx(expected, rel=1e-6)
-    # vectors on their own means, at a low temperature: next to no loss (here exp(-2 / (0.05 * 3)))
-    assert word_contrast_loss(vectors[:2], words[:2], embedding, 0.05).item() == pytest.approx(
-        math.log(1 + math.exp(-2 / 0.15)), rel=0.05)  # float32 near 0
+        embedding.weight.copy_(torch.tensor([[0.0, 0.0], [2.0, 0.0], [0.0, 2.0]]))
+    # vector 1: words {1} (target [2, 0]) at [2, 0]; vector 2: words {1, 2} (target [1, 1]) at
+    # [1, 0]; vector 3: no words (left out). Targets' mean squared norm (4 + 2) / 2 = 3, so
+    # temperature 1/3 makes the logits the negative squared distances to the swapped targets:
+    # vector 1, word 1 -> u = 0, 1, 2: targets [0, 0], [2, 0], [0, 2]: distances 4, 0, 8
+    # vector 2, word 1 -> targets [0, 1], [1, 1], [0, 2]: 2, 1, 5 (own: u = 1)
+    # vector 2, word 2 -> targets [1, 0], [2, 0], [1, 1]: 0, 1, 1 (own: u = 2)
+    words = torch.tensor([[1, -1], [1, 2], [-1, -1]])
+    vectors = torch.tensor([[2.0, 0.0], [1.0, 0.0], [5.0, 5.0]])
+    expected = (math.log(1 + math.exp(-4) + math.exp(-8))
+                + 1 + math.log(math.exp(-2) + math.exp(-1) + math.exp(-5))
+                + 1 + math.log(1 + 2 * math.exp(-1))) / 3
+    assert word_contrast_loss(vectors, words, embedding, 1 / 3).item() == pytest.approx(expected, rel=1e-5)
+    # The gradient reaches the vectors only (the word table is the LLM's, read as targets).
+    vectors.requires_grad_(True)
+    word_contrast_loss(vectors, words, embedding, 1 / 3).backward()
+    assert vectors.grad[1].abs().sum() > 0 and vectors.grad[2].abs().sum() == 0
+    assert embedding.weight.grad is None
 
 
 def _model_and_batch() -> tuple[torch.nn.Module, dict, dict]:
