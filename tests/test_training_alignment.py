@@ -24,6 +24,7 @@ def test_alignment_loss_by_hand() -> None:
     assert alignment_loss(vectors, targets).item() == pytest.approx(1.25)
     assert alignment_loss(targets, targets).item() == 0.0
     assert alignment_loss(torch.zeros_like(targets), targets).item() == pytest.approx(1.0)
+    assert alignment_loss(vectors, targets, scale=torch.tensor(5.0)).item() == pytest.approx(0.5)  # 2.5 / 5
 
 
 def test_word_contrast_loss_by_hand() -> None:
@@ -81,19 +82,23 @@ def test_aligned_lm_adds_the_alignment_and_the_auxiliary_terms_to_the_model_loss
 
     image, regions = model.vision_embeds(pixel_values=batch["pixel_values"], region_masks=batch["region_masks"])
     embedding = model.llm.get_input_embeddings()
-    targets = torch.cat([mean_word_embeddings(embedding, words["cell_words"][0]),
-                         mean_word_embeddings(embedding, words["region_words"][0])])
-    expected_align = alignment_loss(torch.cat([image[0], regions[0]]), targets)
-    out = AlignedLM(model, heads, align_weight=0.5, aux_weight=2.0)(**batch, **words)
+    image_targets = mean_word_embeddings(embedding, words["cell_words"][0])
+    region_targets = mean_word_embeddings(embedding, words["region_words"][0])
+    # one scale for both groups: the mean squared norm of all targets
+    scale = torch.cat([image_targets, region_targets]).pow(2).sum(-1).mean()
+    image_align = (image[0] - image_targets).pow(2).sum(-1).mean() / scale
+    region_align = (regions[0] - region_targets).pow(2).sum(-1).mean() / scale
+    expected_align = 0.25 * image_align + region_align  # each group a mean; image tokens at their share
+    out = AlignedLM(model, heads, align_weight=0.5, aux_weight=2.0, image_share=0.25)(**batch, **words)
     expected_aux = heads.loss(out.hidden_states, words["aux_positions"], words["aux_match"], words["aux_index"])
     assert out.alignment.item() == pytest.approx(expected_align.item(), rel=1e-5)
     assert out.loss.item() == pytest.approx((reference.loss + 0.5 * expected_align + 2.0 * expected_aux).item(),
                                             rel=1e-5)
 
-    all_words = torch.cat([words["cell_words"][0], words["region_words"][0]])
-    expected_contrast = word_contrast_loss(torch.cat([image[0], regions[0]]), all_words, embedding, 0.1)
+    expected_contrast = (0.25 * word_contrast_loss(image[0], words["cell_words"][0], embedding, 0.1)
+                         + word_contrast_loss(regions[0], words["region_words"][0], embedding, 0.1))
     contrasted = AlignedLM(model, heads, align_weight=0.5, aux_weight=2.0, contrast_weight=3.0,
-                           contrast_temperature=0.1)(**batch, **words)
+                           contrast_temperature=0.1, image_share=0.25)(**batch, **words)
     assert contrasted.loss.item() == pytest.approx(
         (out.loss + 3.0 * expected_contrast).item(), rel=1e-5)
 

@@ -67,6 +67,7 @@ class Recipe:
     vision_aux_weight: float = 1.0
     contrast_weight: float = 0.0
     contrast_temperature: float = 0.01
+    image_align_share: float = 1.0  # the image tokens' terms, each a mean, beside the region tokens' (1)
     stage1_steps: int = 200
     # Stage 2 opens with region classification alone (bench.training.runs.paper_stages says why).
     curriculum: tuple[tuple[str, int], ...] = (("classification", 1500),)

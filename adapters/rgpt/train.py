@@ -73,6 +73,7 @@ class Recipe:
     # (bench.training.alignment.word_contrast_loss: without it stage 1 lost the regions' colour).
     contrast_weight: float = 0.0
     contrast_temperature: float = 0.01
+    image_align_share: float = 1.0  # the image tokens' terms, each a mean, beside the region tokens' (1)
     stage1_steps: int = 600
     # Phases opening stage 2 (bench.training.runs.paper_stages). Without stage L, region
     # classification alone (1500 steps) was what made the LLM read the vision tokens; after

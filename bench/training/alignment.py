@@ -38,10 +38,13 @@ from torch import nn
 from bench.training.language import AuxiliaryHeads, Verbal, VerbalCollate, mean_word_embeddings
 
 
-def alignment_loss(vectors: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean squared distance of ``vectors`` [N, D] to ``targets`` [N, D], divided by the mean
-    squared norm of the targets (so 1.0 is what an all-zero output scores; 0 is a perfect match)."""
-    scale = targets.pow(2).sum(-1).mean().clamp(min=1e-12)
+def alignment_loss(vectors: torch.Tensor, targets: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean squared distance of ``vectors`` [N, D] to ``targets`` [N, D], divided by ``scale``,
+    by default the mean squared norm of the targets (so 1.0 is what an all-zero output scores;
+    0 is a perfect match)."""
+    if scale is None:
+        scale = targets.pow(2).sum(-1).mean()
+    scale = scale.clamp(min=1e-12)
     return (vectors - targets).pow(2).sum(-1).mean() / scale
 
 
@@ -116,12 +119,14 @@ class AlignedLM(nn.Module):
     """
 
     def __init__(self, model: nn.Module, heads: AuxiliaryHeads, align_weight: float = 1.0,
-                 aux_weight: float = 1.0, contrast_weight: float = 0.0, contrast_temperature: float = 0.01) -> None:
+                 aux_weight: float = 1.0, contrast_weight: float = 0.0, contrast_temperature: float = 0.01,
+                 image_share: float = 1.0) -> None:
         super().__init__()
         self.model = model
         self.heads = heads
         self.align_weight, self.aux_weight = align_weight, aux_weight
         self.contrast_weight, self.contrast_temperature = contrast_weight, contrast_temperature
+        self.image_share = image_share
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor | None,
                 cell_words: torch.Tensor, region_words: Sequence[torch.Tensor], aux_positions: torch.Tensor,
@@ -134,23 +139,23 @@ class AlignedLM(nn.Module):
                              position_ids=positions_from_mask(attention_mask), labels=labels,
                              output_hidden_states=self.aux_weight > 0)
         embedding = self.model.llm.get_input_embeddings()
-        got, words = [], []
+        groups = []  # (vectors, their word ids, share): image tokens and region tokens, each a mean
         if image is not None:
-            got.append(image.flatten(0, 1))
-            words.append(cell_words.flatten(0, 1))
+            groups.append((image.flatten(0, 1), cell_words.flatten(0, 1), self.image_share))
         if regions:
-            got.append(torch.cat(list(regions)))
-            words.append(torch.cat(list(region_words)))
-        vectors, words = torch.cat(got), torch.cat(words)
+            groups.append((torch.cat(list(regions)), torch.cat(list(region_words)), 1.0))
         with torch.no_grad():
-            targets = mean_word_embeddings(embedding, words)
-        out.alignment = alignment_loss(vectors, targets)
+            targets = [mean_word_embeddings(embedding, words) for _, words, _ in groups]
+            scale = torch.cat(targets).pow(2).sum(-1).mean()  # one scale for both groups
+        out.alignment = sum(share * alignment_loss(vectors, target, scale)
+                            for (vectors, _, share), target in zip(groups, targets, strict=True))
         if out.loss is not None:
             if self.align_weight:
                 out.loss = out.loss + self.align_weight * out.alignment
             if self.contrast_weight:
-                out.loss = out.loss + self.contrast_weight * word_contrast_loss(vectors, words, embedding,
-                                                                                self.contrast_temperature)
+                out.loss = out.loss + self.contrast_weight * sum(
+                    share * word_contrast_loss(vectors, words, embedding, self.contrast_temperature)
+                    for vectors, words, share in groups)
             if self.aux_weight and len(aux_positions):
                 out.loss = out.loss + self.aux_weight * self.heads.loss(out.hidden_states, aux_positions,
                                                                         aux_match, aux_index)
@@ -159,10 +164,10 @@ class AlignedLM(nn.Module):
 
 def verbal_training(model: nn.Module, heads: AuxiliaryHeads, collate: Callable[[list[Any]], dict[str, Any]],
                     processor: Any, verbals: dict[int, Verbal], num_image_tokens: int, align_weight: float,
-                    aux_weight: float, contrast_weight: float = 0.0,
-                    contrast_temperature: float = 0.01) -> tuple[AlignedLM, WithVerbalTargets]:
+                    aux_weight: float, contrast_weight: float = 0.0, contrast_temperature: float = 0.01,
+                    image_share: float = 1.0) -> tuple[AlignedLM, WithVerbalTargets]:
     """The wrapped model and collate for stages 1 and 2 (``verbals``: from
     :func:`bench.training.language.verbalize_all` over the training conversations)."""
     heads.requires_grad_(False)
-    return (AlignedLM(model, heads, align_weight, aux_weight, contrast_weight, contrast_temperature),
+    return (AlignedLM(model, heads, align_weight, aux_weight, contrast_weight, contrast_temperature, image_share),
             WithVerbalTargets(collate, VerbalCollate(processor, verbals, num_image_tokens)))

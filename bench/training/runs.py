@@ -165,7 +165,7 @@ def language_then_alignment(model: nn.Module, processor: Any, examples: Sequence
 
     ``recipe``: a tiny model's recipe (``language_easy_steps``, ``language_steps``,
     ``language_cycles``, ``language_lr``, ``align_weight``, ``vision_aux_weight``,
-    ``contrast_weight``, ``contrast_temperature``,
+    ``contrast_weight``, ``contrast_temperature``, ``image_align_share``,
     ``batch_size``, ``seed``); ``grid``: the image-token grid's side; ``square``: whether the
     model pads images to a square (RGPT) or stretches them (GPT4RoI); ``llm_prefixes``: the
     LLM's parameter names in ``model``. The training images' objects are read and verbalized
@@ -193,7 +193,7 @@ def language_then_alignment(model: nn.Module, processor: Any, examples: Sequence
         return model, make_collate(), ""
     wrapped, collate = verbal_training(model, heads, make_collate(), processor, verbals, grid * grid,
                                        recipe.align_weight, recipe.vision_aux_weight,
-                                       recipe.contrast_weight, recipe.contrast_temperature)
+                                       recipe.contrast_weight, recipe.contrast_temperature, recipe.image_align_share)
     return wrapped, collate, "model."
 
 
