@@ -186,6 +186,8 @@ ContrastWeight = Annotated[Optional[float], typer.Option(
          "own words among the batch's (0: none).")]
 ContrastTemperature = Annotated[Optional[float], typer.Option(
     help="Temperature of that contrast, relative to the word means' mean squared norm.")]
+ImageAlignShare = Annotated[Optional[float], typer.Option(
+    help="Weight of the image tokens' alignment and contrast terms beside the region tokens' (1).")]
 
 
 @train_app.command("rgpt")
@@ -210,6 +212,7 @@ def train_rgpt(
     vision_aux_weight: VisionAuxWeight = None,
     contrast_weight: ContrastWeight = None,
     contrast_temperature: ContrastTemperature = None,
+    image_align_share: ImageAlignShare = None,
     stage1_steps: Annotated[Optional[int], typer.Option(help="Stage 1 steps (refinement + connector).")] = None,
     curriculum: Annotated[Optional[str], typer.Option(
         help="Phases that open stage 2, each on one conversation kind or a union of kinds: "
@@ -234,6 +237,7 @@ def train_rgpt(
                  "language_cycles": language_cycles,
                  "align_weight": align_weight, "vision_aux_weight": vision_aux_weight,
                  "contrast_weight": contrast_weight, "contrast_temperature": contrast_temperature,
+                 "image_align_share": image_align_share,
                  "curriculum": _curriculum(curriculum)}
     recipe = dataclasses.replace(Recipe(), **{k: v for k, v in overrides.items() if v is not None})
     root = train_tiny_rgpt(resolve_data_root(data_root) if data_root is not None else None, out, recipe,
@@ -265,6 +269,7 @@ def train_gpt4roi(
     vision_aux_weight: VisionAuxWeight = None,
     contrast_weight: ContrastWeight = None,
     contrast_temperature: ContrastTemperature = None,
+    image_align_share: ImageAlignShare = None,
     stage1_steps: Annotated[Optional[int], typer.Option(help="Stage 1 steps (projector + region extractor).")] = None,
     curriculum: Annotated[Optional[str], typer.Option(
         help="Phases that open stage 2, each on one conversation kind or a union of kinds: "
@@ -288,6 +293,7 @@ def train_gpt4roi(
                                  "language_cycles": language_cycles,
                                  "align_weight": align_weight, "vision_aux_weight": vision_aux_weight,
                                  "contrast_weight": contrast_weight, "contrast_temperature": contrast_temperature,
+                                 "image_align_share": image_align_share,
                                  "curriculum": _curriculum(curriculum)}
     recipe = dataclasses.replace(Recipe(), **{k: v for k, v in overrides.items() if v is not None})
     if init_tower is not None:

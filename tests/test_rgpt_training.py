@@ -21,7 +21,7 @@ def test_train_then_evaluate_tiny_rgpt(small_suite: Path, tmp_path: Path) -> Non
     out = tmp_path / "ckpt"
     args = ["train", "rgpt", "--out", str(out), "--data-root", str(small_suite), "--vision-steps", "2",
             "--language-easy-steps", "2", "--language-steps", "1", "--language-cycles", "2",
-            "--contrast-weight", "0.5", "--contrast-temperature", "0.05",
+            "--contrast-weight", "0.5", "--contrast-temperature", "0.05", "--image-align-share", "0.2",
             "--stage1-steps", "2", "--curriculum", "classification=2,pope=1", "--stage2-steps", "3",
             "--batch-size", "4",
             "--image-size", "64", "--no-progress"]
@@ -50,7 +50,8 @@ def test_train_then_evaluate_tiny_rgpt(small_suite: Path, tmp_path: Path) -> Non
     assert set(llm) <= {k.removeprefix("llm.") for k in weights}
     assert any(not (weights[f"llm.{k}"] == v).all() for k, v in llm.items())
     recipe = json.loads((out / "recipe.json").read_text())
-    assert (recipe["recipe"]["contrast_weight"], recipe["recipe"]["contrast_temperature"]) == (0.5, 0.05)
+    assert [recipe["recipe"][k] for k in ("contrast_weight", "contrast_temperature", "image_align_share")] == [
+        0.5, 0.05, 0.2]
     assert recipe["recipe"]["stage2_steps"] == 3 and set(recipe["conversations"]) == {
         "classification", "caption", "relation", "rec", "pope"}
 
