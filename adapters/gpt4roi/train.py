@@ -65,9 +65,9 @@ class Recipe:
     language_lr: float = 1e-3
     align_weight: float = 1.0
     vision_aux_weight: float = 1.0
-    contrast_weight: float = 0.0
+    contrast_weight: float = 0.1
     contrast_temperature: float = 0.01
-    image_align_share: float = 1.0  # the image tokens' terms, each a mean, beside the region tokens' (1)
+    image_align_share: float = 0.1
     stage1_steps: int = 200
     # Stage 2 opens with region classification alone (bench.training.runs.paper_stages says why).
     curriculum: tuple[tuple[str, int], ...] = (("classification", 1500),)

@@ -69,11 +69,13 @@ class Recipe:
     # means and of stage L's frozen auxiliary heads (bench.training.alignment says why).
     align_weight: float = 1.0
     vision_aux_weight: float = 1.0
-    # ... and of a contrast that makes each vision token pick its own words among the batch's
-    # (bench.training.alignment.word_contrast_loss: without it stage 1 lost the regions' colour).
-    contrast_weight: float = 0.0
+    # ... and of a contrast: each word of a vision token must beat every other word in its place
+    # (bench.training.alignment.word_contrast_loss; the pull alone all but ignores colour).
+    contrast_weight: float = 0.1
     contrast_temperature: float = 0.01
-    image_align_share: float = 1.0  # the image tokens' terms, each a mean, beside the region tokens' (1)
+    # The image tokens' terms (a mean) beside the region tokens' (a mean, weight 1): with the
+    # image tokens' 16 category-only cells in one mean, the regions lost their colour.
+    image_align_share: float = 0.1
     stage1_steps: int = 600
     # Phases opening stage 2 (bench.training.runs.paper_stages). Without stage L, region
     # classification alone (1500 steps) was what made the LLM read the vision tokens; after
