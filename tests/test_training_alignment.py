@@ -103,6 +103,23 @@ def test_aligned_lm_adds_the_alignment_and_the_auxiliary_terms_to_the_model_loss
         (out.loss + 3.0 * expected_contrast).item(), rel=1e-5)
 
 
+def test_a_batch_without_regions_aligns_its_image_tokens_only() -> None:
+    model, batch, words = _model_and_batch()
+    n_image = model.config.num_image_tokens
+    batch = {**batch, "input_ids": batch["input_ids"][:, :1 + n_image], "region_masks": [torch.zeros(0, 32, 32)]}
+    batch["attention_mask"] = torch.ones_like(batch["input_ids"])
+    batch["labels"] = batch["input_ids"]
+    words = {**words, "region_words": [torch.zeros(0, 8, dtype=torch.long)],
+             "aux_positions": torch.zeros(0, 2, dtype=torch.long), "aux_match": torch.zeros(0),
+             "aux_index": torch.zeros(0, dtype=torch.long)}
+    out = AlignedLM(model, AuxiliaryHeads(model.config.text_config.hidden_size), contrast_weight=1.0,
+                    image_share=0.5)(**batch, **words)
+    image, _ = model.vision_embeds(pixel_values=batch["pixel_values"])
+    targets = mean_word_embeddings(model.llm.get_input_embeddings(), words["cell_words"][0])
+    assert out.alignment.item() == pytest.approx(0.5 * alignment_loss(image[0], targets).item(), rel=1e-5)
+    assert torch.isfinite(out.loss)
+
+
 def test_the_alignment_term_trains_the_vision_side_not_the_word_table() -> None:
     model, batch, words = _model_and_batch()
     out = AlignedLM(model, AuxiliaryHeads(model.config.text_config.hidden_size), aux_weight=0.0)(

@@ -142,7 +142,7 @@ class AlignedLM(nn.Module):
         groups = []  # (vectors, their word ids, share): image tokens and region tokens, each a mean
         if image is not None:
             groups.append((image.flatten(0, 1), cell_words.flatten(0, 1), self.image_share))
-        if regions:
+        if regions and sum(len(r) for r in regions):  # a batch of POPE questions has none
             groups.append((torch.cat(list(regions)), torch.cat(list(region_words)), 1.0))
         with torch.no_grad():
             targets = [mean_word_embeddings(embedding, words) for _, words, _ in groups]
