@@ -159,8 +159,8 @@ def language_then_alignment(model: nn.Module, processor: Any, examples: Sequence
                             llm_prefixes: Sequence[str] = ("llm.",), square: bool = True,
                             progress: bool = True) -> tuple[nn.Module, Any, str]:
     """Stage L when ``recipe`` has steps for it (:func:`stage_language`), then what stages 1 and
-    2 train: ``model`` with ``make_collate()``, or after stage L and with a non-zero alignment
-    weight, the :class:`bench.training.alignment.AlignedLM` around it with its collate. Returns
+    2 train: ``model`` with ``make_collate()``, or after stage L and with a non-zero weight for
+    any of the alignment terms, the :class:`bench.training.alignment.AlignedLM` around it with its collate. Returns
     (module, collate, the prefix of the model's parameter names in the module).
 
     ``recipe``: a tiny model's recipe (``language_easy_steps``, ``language_steps``,
@@ -189,7 +189,7 @@ def language_then_alignment(model: nn.Module, processor: Any, examples: Sequence
     stage_language(model.llm, heads, out_dir, lambda directory: pretrain_language(
         model, heads, processor, examples, verbals, grid, directory, language, progress=progress,
         llm_prefixes=llm_prefixes))
-    if not (recipe.align_weight or recipe.vision_aux_weight):
+    if not (recipe.align_weight or recipe.vision_aux_weight or recipe.contrast_weight):
         return model, make_collate(), ""
     wrapped, collate = verbal_training(model, heads, make_collate(), processor, verbals, grid * grid,
                                        recipe.align_weight, recipe.vision_aux_weight,
