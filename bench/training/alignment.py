@@ -10,12 +10,17 @@ fragile (two runs differing only in the stage-L checkpoint: REC 48.0 and 17.2). 
 models have no such gap to cross: at full size, stage 1's captions align the connector with
 Vicuna's word embeddings.
 
-What: two terms are added to the answer loss of stages 1 and 2 (the model's own forward):
+What: three terms are added to the answer loss of stages 1 and 2 (the model's own forward):
 
 * **alignment**: each vision vector (every image token and every region token) is pulled
   toward the word mean stage L put in its place (:func:`alignment_loss`, a squared error
   relative to the targets' mean squared norm, so its scale does not depend on the
   embeddings'); the targets come from the LLM's current input embeddings, without gradient;
+* **word contrast**: each word of each vision vector must beat every other vocabulary word
+  in its place (:func:`word_contrast_loss`), so that colour counts as much as category.
+  Both terms are a mean over the image tokens plus a mean over the region tokens, the image
+  tokens' at ``image_share`` (their category-only words in one mean with the regions' took
+  the regions' colour away: README);
 * **the auxiliary heads** of stage L, frozen, on the hidden states of the vision run: the
   hops the LLM learned on words (does this candidate show the described object, which
   number is it; is the asked category in the image) keep being asked for on vision tokens.
@@ -71,20 +76,21 @@ def word_contrast_loss(vectors: torch.Tensor, word_ids: torch.Tensor, embedding:
     rows = present.any(-1)
     if not rows.any():
         return vectors.sum() * 0.0
-    residual_ids, present = word_ids[rows], present[rows]
+    ids, present = word_ids[rows], present[rows]
     counts = present.sum(-1).to(vectors.dtype)
+    row, slot = present.nonzero(as_tuple=True)
+    word, n = ids[row, slot], counts[row, None]
     with torch.no_grad():
         table = embedding.weight.detach().to(vectors.dtype)  # [V, D]
-        targets = mean_word_embeddings(embedding, residual_ids).to(vectors.dtype)
+        targets = mean_word_embeddings(embedding, ids).to(vectors.dtype)
         scale = targets.pow(2).sum(-1).mean().clamp(min=1e-12)
         norms = table.pow(2).sum(-1)
-        swap_cost = (norms[:, None] + norms[None, :] - 2 * table @ table.T).clamp(min=0)  # ||E_a - E_b||^2
+        # ||E_w - E_u||^2 for each (vector, word) pair's w and every u: [P, V], never [V, V]
+        swap_cost = (norms[word, None] + norms[None, :] - 2 * table[word] @ table.T).clamp(min=0)
     residual = vectors[rows] - targets
     dots = residual @ table.T  # [M, V]
-    row, slot = present.nonzero(as_tuple=True)
-    word, n = residual_ids[row, slot], counts[row, None]
     # ||residual - (E_u - E_w) / n||^2 - ||residual||^2, for every u (0 at u = w)
-    distance = -2 / n * (dots[row] - dots[row, word, None]) + swap_cost[word] / n**2
+    distance = -2 / n * (dots[row] - dots[row, word, None]) + swap_cost / n**2
     return F.cross_entropy(-distance / (temperature * scale), word)
 
 
@@ -109,7 +115,7 @@ class WithVerbalTargets:
 
 
 class AlignedLM(nn.Module):
-    """A :class:`adapters.region_lm.RegionCausalLM` (``model.``) trained with the two terms of
+    """A :class:`adapters.region_lm.RegionCausalLM` (``model.``) trained with the terms of
     this module on top of its answer loss; ``heads`` (``heads.``) come from stage L and are
     meant to stay frozen (leave ``heads.`` out of the stages' trainable prefixes).
 
