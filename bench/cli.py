@@ -182,8 +182,8 @@ VisionAuxWeight = Annotated[Optional[float], typer.Option(
     help="After stage L, stages 1 and 2: weight of stage L's frozen auxiliary heads on the vision run "
          "(0: none).")]
 ContrastWeight = Annotated[Optional[float], typer.Option(
-    help="After stage L, stages 1 and 2: weight of the contrast that makes each vision token pick its "
-         "own words among the batch's (0: none).")]
+    help="After stage L, stages 1 and 2: weight of the contrast in which each word of a vision token must "
+         "beat every other vocabulary word in its place (0: none).")]
 ContrastTemperature = Annotated[Optional[float], typer.Option(
     help="Temperature of that contrast, relative to the word means' mean squared norm.")]
 ImageAlignShare = Annotated[Optional[float], typer.Option(

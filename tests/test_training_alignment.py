@@ -1,4 +1,4 @@
-"""Stages 1 and 2 after stage L (bench.training.alignment): the two extra terms, by hand."""
+"""Stages 1 and 2 after stage L (bench.training.alignment): the extra terms, by hand."""
 
 from __future__ import annotations
 
