@@ -175,6 +175,9 @@ LanguageEasySteps = Annotated[Optional[int], typer.Option(
 LanguageCycles = Annotated[Optional[int], typer.Option(
     help="Stage L: how many times the mix phase runs (warm restarts: fresh optimizer, warm-up, "
          "cosine decay each time).")]
+LanguageWordWeight = Annotated[Optional[float], typer.Option(
+    help="Stage L: weight of the word head that reads each word of a region (colour included) at the "
+         "region's token; also asked, frozen, in stages 1 and 2 (0: no word head).")]
 AlignWeight = Annotated[Optional[float], typer.Option(
     help="After stage L, stages 1 and 2: weight of the vision tokens' pull toward stage L's word means "
          "(0: none).")]
@@ -208,6 +211,7 @@ def train_rgpt(
         help="Stage L steps on the whole verbalized mix (the tiny LLM's stand-in for language "
              "pre-training; 0 and --language-easy-steps 0: no stage L).")] = None,
     language_cycles: LanguageCycles = None,
+    language_word_weight: LanguageWordWeight = None,
     align_weight: AlignWeight = None,
     vision_aux_weight: VisionAuxWeight = None,
     contrast_weight: ContrastWeight = None,
@@ -234,7 +238,7 @@ def train_rgpt(
                  "batch_size": batch_size, "image_size": image_size,
                  "train_images": train_images, "vision_steps": vision_steps,
                  "language_easy_steps": language_easy_steps, "language_steps": language_steps,
-                 "language_cycles": language_cycles,
+                 "language_cycles": language_cycles, "language_word_weight": language_word_weight,
                  "align_weight": align_weight, "vision_aux_weight": vision_aux_weight,
                  "contrast_weight": contrast_weight, "contrast_temperature": contrast_temperature,
                  "image_align_share": image_align_share,
@@ -265,6 +269,7 @@ def train_gpt4roi(
     language_steps: Annotated[Optional[int], typer.Option(
         help="Stage L steps on the whole verbalized mix (default 0: no stage L; see README).")] = None,
     language_cycles: LanguageCycles = None,
+    language_word_weight: LanguageWordWeight = None,
     align_weight: AlignWeight = None,
     vision_aux_weight: VisionAuxWeight = None,
     contrast_weight: ContrastWeight = None,
@@ -291,6 +296,7 @@ def train_gpt4roi(
                                  "train_images": train_images, "vision_steps": vision_steps, "image_size": image_size,
                                  "language_easy_steps": language_easy_steps, "language_steps": language_steps,
                                  "language_cycles": language_cycles,
+                                 "language_word_weight": language_word_weight,
                                  "align_weight": align_weight, "vision_aux_weight": vision_aux_weight,
                                  "contrast_weight": contrast_weight, "contrast_temperature": contrast_temperature,
                                  "image_align_share": image_align_share,

@@ -103,6 +103,22 @@ def test_aligned_lm_adds_the_alignment_and_the_auxiliary_terms_to_the_model_loss
         (out.loss + 3.0 * expected_contrast).item(), rel=1e-5)
 
 
+def test_aligned_lm_asks_the_frozen_word_head_at_the_region_tokens_with_the_auxiliary_weight() -> None:
+    from bench.training.language import region_word_loss
+
+    model, batch, words = _model_and_batch()
+    plain_heads = AuxiliaryHeads(model.config.text_config.hidden_size, layer=1)
+    word_heads = AuxiliaryHeads(model.config.text_config.hidden_size, layer=1, vocab_size=20)
+    word_heads.load_state_dict(plain_heads.state_dict(), strict=False)  # same match and index heads
+    without = AlignedLM(model, plain_heads, align_weight=0.0, aux_weight=2.0)(**batch, **words)
+    out = AlignedLM(model, word_heads, align_weight=0.0, aux_weight=2.0)(**batch, **words)
+    n_image = model.config.num_image_tokens
+    hidden = out.hidden_states[1][0, [1 + n_image, 3 + n_image]]  # the two region tokens
+    expected = region_word_loss(word_heads.word_head(hidden), words["region_words"][0])
+    assert expected.item() > 0  # the first region has a word (7); the second, none, is left out
+    assert out.loss.item() == pytest.approx((without.loss + 2.0 * expected).item(), rel=1e-5)
+
+
 def test_a_batch_without_regions_aligns_its_image_tokens_only() -> None:
     model, batch, words = _model_and_batch()
     n_image = model.config.num_image_tokens

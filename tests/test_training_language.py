@@ -244,6 +244,47 @@ def test_verbalized_lm_adds_the_auxiliary_loss_from_the_chosen_layer() -> None:
     assert torch.allclose(out.loss, plain.loss + 0.5 * extra, atol=1e-6)
 
 
+def test_region_word_loss_by_hand_each_word_against_the_words_the_region_lacks() -> None:
+    from bench.training.language import region_word_loss
+
+    logits = torch.tensor([[0.0, 1.0, 2.0, 3.0], [0.0, 0.0, 0.0, 0.0], [5.0, 0.0, 0.0, 0.0]])
+    words = torch.tensor([[1, 3], [2, -1], [-1, -1]])  # region 0: words 1 and 3; region 1: word 2; region 2: none
+    # region 0, word 1: softmax over {0, 1, 2} (3 is its other word); word 3: over {0, 2, 3}
+    first = -1.0 + math.log(math.exp(0.0) + math.exp(1.0) + math.exp(2.0))
+    second = -3.0 + math.log(math.exp(0.0) + math.exp(2.0) + math.exp(3.0))
+    third = math.log(4)  # region 1, uniform logits over all four words
+    loss = region_word_loss(logits, words)
+    assert loss.item() == pytest.approx((first + second + third) / 3, rel=1e-6)
+    assert region_word_loss(logits, torch.full((3, 2), -1)).item() == 0.0
+
+
+def test_verbalized_lm_adds_the_word_loss_at_the_region_tokens() -> None:
+    from adapters.rgpt.configuration_rgpt import RGPTConfig
+    from adapters.rgpt.modeling_rgpt import RGPTForCausalLM
+    from bench.training.language import region_word_loss
+
+    torch.manual_seed(0)
+    config = RGPTConfig.tiny(vocab_size=20, image_token_id=10, region_token_id=11, bos_token_id=1,
+                             eos_token_id=2, pad_token_id=0)
+    heads = AuxiliaryHeads(config.text_config.hidden_size, layer=1, vocab_size=20)
+    wrapped = VerbalizedLM(RGPTForCausalLM(config), heads, aux_weight=0.0, word_weight=2.0)
+    n_image = config.num_image_tokens
+    ids = torch.tensor([[1] + [10] * n_image + [11, 3, 11, 4]])
+    region_words = torch.full((2, 8), -1)
+    region_words[0, :3] = torch.tensor([5, 6, 7])
+    region_words[1, :1] = torch.tensor([8])
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids,
+             "cell_words": torch.full((1, n_image, 8), -1), "region_words": [region_words]}
+    out = wrapped(**batch)
+    plain = VerbalizedLM(wrapped.model, heads, aux_weight=0.0, word_weight=0.0)(**batch)
+    hidden = out.hidden_states[1][0, [1 + n_image, 3 + n_image]]
+    expected = region_word_loss(heads.word_head(hidden), region_words)
+    assert expected.item() > 0
+    assert torch.allclose(out.loss, plain.loss + 2.0 * expected, atol=1e-6)
+    out.loss.backward()
+    assert heads.word_head.weight.grad is not None and heads.word_head.weight.grad.abs().sum() > 0
+
+
 def test_an_image_without_known_objects_is_a_data_error_naming_it_and_the_fix() -> None:
     from bench.errors import DataError
     from bench.training.language import verbalize_all

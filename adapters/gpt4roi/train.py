@@ -63,6 +63,7 @@ class Recipe:
     language_steps: int = 0
     language_cycles: int = 1
     language_lr: float = 1e-3
+    language_word_weight: float = 1.0
     align_weight: float = 1.0
     vision_aux_weight: float = 1.0
     contrast_weight: float = 0.1

@@ -65,6 +65,9 @@ class Recipe:
     language_steps: int = 4000  # the verbalized mix
     language_cycles: int = 2  # warm restarts of the mix phase (LanguageRecipe.cycles)
     language_lr: float = 1e-3
+    # Stage L's word head: each word of a region read at the region's token (colour included;
+    # bench.training.language.region_word_loss says why). 0: no word head.
+    language_word_weight: float = 1.0
     # Stages 1 and 2 after stage L: weights of the vision tokens' pull toward stage L's word
     # means and of stage L's frozen auxiliary heads (bench.training.alignment says why).
     align_weight: float = 1.0

@@ -164,7 +164,7 @@ def language_then_alignment(model: nn.Module, processor: Any, examples: Sequence
     (module, collate, the prefix of the model's parameter names in the module).
 
     ``recipe``: a tiny model's recipe (``language_easy_steps``, ``language_steps``,
-    ``language_cycles``, ``language_lr``, ``align_weight``, ``vision_aux_weight``,
+    ``language_cycles``, ``language_lr``, ``language_word_weight``, ``align_weight``, ``vision_aux_weight``,
     ``contrast_weight``, ``contrast_temperature``, ``image_align_share``,
     ``batch_size``, ``seed``); ``grid``: the image-token grid's side; ``square``: whether the
     model pads images to a square (RGPT) or stretches them (GPT4RoI); ``llm_prefixes``: the
@@ -181,11 +181,12 @@ def language_then_alignment(model: nn.Module, processor: Any, examples: Sequence
 
     if not (recipe.language_easy_steps or recipe.language_steps):
         return model, make_collate(), ""
-    heads = AuxiliaryHeads(model.llm.config.hidden_size)
+    heads = AuxiliaryHeads(model.llm.config.hidden_size,
+                           vocab_size=model.llm.config.vocab_size if recipe.language_word_weight else None)
     verbals = verbalize_all(examples, scene_objects(data_root, "train"), grid, square)
     language = LanguageRecipe(steps=recipe.language_steps, easy_steps=recipe.language_easy_steps,
                               cycles=recipe.language_cycles, lr=recipe.language_lr, batch_size=recipe.batch_size,
-                              seed=recipe.seed)
+                              seed=recipe.seed, word_weight=recipe.language_word_weight)
     stage_language(model.llm, heads, out_dir, lambda directory: pretrain_language(
         model, heads, processor, examples, verbals, grid, directory, language, progress=progress,
         llm_prefixes=llm_prefixes))
@@ -202,7 +203,7 @@ def stage_language(llm: nn.Module, heads: nn.Module, out_dir: Path, pretrain: Ca
     call wrote them; else ``pretrain(out_dir / "language")`` (stage L,
     :func:`bench.training.language.pretrain_language`, which trains both in place and is itself
     resumable there) and save them."""
-    from safetensors.torch import load_model, save_model
+    from safetensors.torch import load_file, load_model, save_model
 
     language_dir = out_dir / LANGUAGE_DIR
     llm_file, heads_file = language_dir / LLM_FILE, language_dir / HEADS_FILE
@@ -210,6 +211,12 @@ def stage_language(llm: nn.Module, heads: nn.Module, out_dir: Path, pretrain: Ca
         if not heads_file.is_file():
             raise DataError(f"{language_dir}: {LLM_FILE} without {HEADS_FILE} (written before the heads were "
                             f"kept); delete {language_dir} to run stage L again")
+        saved_heads = {key.split(".")[0] for key in load_file(str(heads_file))}
+        wanted = {key.split(".")[0] for key in heads.state_dict()}
+        if saved_heads != wanted:
+            raise DataError(f"{heads_file} holds the heads {sorted(saved_heads)}, this recipe needs "
+                            f"{sorted(wanted)} (the word head comes with --language-word-weight > 0); delete "
+                            f"{language_dir} to run stage L again, or match --language-word-weight to that run")
         load_model(llm, str(llm_file))
         load_model(heads, str(heads_file))
         return
