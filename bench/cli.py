@@ -178,6 +178,9 @@ LanguageCycles = Annotated[Optional[int], typer.Option(
 LanguageWordWeight = Annotated[Optional[float], typer.Option(
     help="Stage L: weight of the word head that reads each word of a region (colour included) at the "
          "region's token; also asked, frozen, in stages 1 and 2 (0: no word head).")]
+LanguageBoxMarker = Annotated[Optional[bool], typer.Option(
+    help="Stage L and the alignment: a box region (no mask) names its object's words and a marker word, so "
+         "that box and mask regions can ask for their own caption styles.")]
 AlignWeight = Annotated[Optional[float], typer.Option(
     help="After stage L, stages 1 and 2: weight of the vision tokens' pull toward stage L's word means "
          "(0: none).")]
@@ -212,6 +215,7 @@ def train_rgpt(
              "pre-training; 0 and --language-easy-steps 0: no stage L).")] = None,
     language_cycles: LanguageCycles = None,
     language_word_weight: LanguageWordWeight = None,
+    language_box_marker: LanguageBoxMarker = None,
     align_weight: AlignWeight = None,
     vision_aux_weight: VisionAuxWeight = None,
     contrast_weight: ContrastWeight = None,
@@ -239,6 +243,7 @@ def train_rgpt(
                  "train_images": train_images, "vision_steps": vision_steps,
                  "language_easy_steps": language_easy_steps, "language_steps": language_steps,
                  "language_cycles": language_cycles, "language_word_weight": language_word_weight,
+                 "language_box_marker": language_box_marker,
                  "align_weight": align_weight, "vision_aux_weight": vision_aux_weight,
                  "contrast_weight": contrast_weight, "contrast_temperature": contrast_temperature,
                  "image_align_share": image_align_share,
@@ -270,6 +275,7 @@ def train_gpt4roi(
         help="Stage L steps on the whole verbalized mix (default 0: no stage L; see README).")] = None,
     language_cycles: LanguageCycles = None,
     language_word_weight: LanguageWordWeight = None,
+    language_box_marker: LanguageBoxMarker = None,
     align_weight: AlignWeight = None,
     vision_aux_weight: VisionAuxWeight = None,
     contrast_weight: ContrastWeight = None,
@@ -297,6 +303,7 @@ def train_gpt4roi(
                                  "language_easy_steps": language_easy_steps, "language_steps": language_steps,
                                  "language_cycles": language_cycles,
                                  "language_word_weight": language_word_weight,
+                                 "language_box_marker": language_box_marker,
                                  "align_weight": align_weight, "vision_aux_weight": vision_aux_weight,
                                  "contrast_weight": contrast_weight, "contrast_temperature": contrast_temperature,
                                  "image_align_share": image_align_share,

@@ -53,6 +53,7 @@ def test_train_then_evaluate_tiny_rgpt(small_suite: Path, tmp_path: Path) -> Non
     recipe = json.loads((out / "recipe.json").read_text())
     assert [recipe["recipe"][k] for k in ("language_word_weight", "contrast_weight", "contrast_temperature",
                                           "image_align_share")] == [0.5, 0.5, 0.05, 0.2]
+    assert recipe["recipe"]["language_box_marker"] is True  # the default: box regions carry the marker
     assert recipe["recipe"]["stage2_steps"] == 3 and set(recipe["conversations"]) == {
         "classification", "caption", "relation", "rec", "pope"}
 

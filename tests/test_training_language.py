@@ -73,6 +73,16 @@ def test_region_words_take_the_best_overlap_at_iou_half() -> None:
     assert region_words((10.0, 0.0, 40.0, 20.0), [RING, STAR]) == ("large", "blue", "star")
 
 
+def test_a_box_region_that_names_an_object_gets_the_box_marker() -> None:
+    mask = [[0.0, 0.0, 10.0, 0.0, 5.0, 10.0]]  # a polygon: a mask region
+    regions = [Region(box=(0.0, 0.0, 10.0, 10.0)), Region(box=(0.0, 0.0, 10.0, 10.0), mask=mask),
+               Region(box=(0.0, 0.0, 10.0, 21.0))]  # the last one names no object
+    marked = verbalize(regions, (40, 20), [RING, STAR], 2, box_marker="<region>")
+    assert marked.regions == (("small", "red", "ring", "<region>"), ("small", "red", "ring"), ())
+    assert verbalize(regions, (40, 20), [RING, STAR], 2).regions == (("small", "red", "ring"),) * 2 + ((),)
+    assert marked.cells == verbalize(regions, (40, 20), [RING, STAR], 2).cells
+
+
 def test_scene_objects_name_size_colour_and_category(suite: Path) -> None:
     scenes = scene_objects(suite, "train")
     conversations = build_conversations(suite, "train")

@@ -68,6 +68,9 @@ class Recipe:
     # Stage L's word head: each word of a region read at the region's token (colour included;
     # bench.training.language.region_word_loss says why). 0: no word head.
     language_word_weight: float = 1.0
+    # Box regions (no mask) verbalized with a marker word after their object's words, so that
+    # box and mask regions can ask for their two caption styles (bench.training.language.verbalize).
+    language_box_marker: bool = True
     # Stages 1 and 2 after stage L: weights of the vision tokens' pull toward stage L's word
     # means and of stage L's frozen auxiliary heads (bench.training.alignment says why).
     align_weight: float = 1.0

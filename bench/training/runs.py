@@ -164,7 +164,8 @@ def language_then_alignment(model: nn.Module, processor: Any, examples: Sequence
     (module, collate, the prefix of the model's parameter names in the module).
 
     ``recipe``: a tiny model's recipe (``language_easy_steps``, ``language_steps``,
-    ``language_cycles``, ``language_lr``, ``language_word_weight``, ``align_weight``, ``vision_aux_weight``,
+    ``language_cycles``, ``language_lr``, ``language_word_weight``, ``language_box_marker``,
+    ``align_weight``, ``vision_aux_weight``,
     ``contrast_weight``, ``contrast_temperature``, ``image_align_share``,
     ``batch_size``, ``seed``); ``grid``: the image-token grid's side; ``square``: whether the
     model pads images to a square (RGPT) or stretches them (GPT4RoI); ``llm_prefixes``: the
@@ -183,7 +184,10 @@ def language_then_alignment(model: nn.Module, processor: Any, examples: Sequence
         return model, make_collate(), ""
     heads = AuxiliaryHeads(model.llm.config.hidden_size,
                            vocab_size=model.llm.config.vocab_size if recipe.language_word_weight else None)
-    verbals = verbalize_all(examples, scene_objects(data_root, "train"), grid, square)
+    # the region placeholder's own token (its embedding row is never an input otherwise)
+    marker = processor.tokenizer.convert_ids_to_tokens(model.config.region_token_id) \
+        if recipe.language_box_marker else None
+    verbals = verbalize_all(examples, scene_objects(data_root, "train"), grid, square, marker)
     language = LanguageRecipe(steps=recipe.language_steps, easy_steps=recipe.language_easy_steps,
                               cycles=recipe.language_cycles, lr=recipe.language_lr, batch_size=recipe.batch_size,
                               seed=recipe.seed, word_weight=recipe.language_word_weight)
