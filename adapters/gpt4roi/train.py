@@ -69,7 +69,7 @@ class Recipe:
     vision_aux_weight: float = 1.0
     contrast_weight: float = 0.1
     contrast_temperature: float = 0.01
-    image_align_share: float = 0.1
+    image_align_share: float = 1.0
     stage1_steps: int = 200
     # Stage 2 opens with region classification alone (bench.training.runs.paper_stages says why).
     curriculum: tuple[tuple[str, int], ...] = (("classification", 1500),)
