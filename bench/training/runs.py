@@ -215,14 +215,15 @@ def stage_language(llm: nn.Module, heads: nn.Module, out_dir: Path, pretrain: Ca
         if not heads_file.is_file():
             raise DataError(f"{language_dir}: {LLM_FILE} without {HEADS_FILE} (written before the heads were "
                             f"kept); delete {language_dir} to run stage L again")
-        saved_heads = {key.split(".")[0] for key in load_file(str(heads_file))}
+        saved = load_file(str(heads_file))
+        saved_heads = {key.split(".")[0] for key in saved}
         wanted = {key.split(".")[0] for key in heads.state_dict()}
         if saved_heads != wanted:
             raise DataError(f"{heads_file} holds the heads {sorted(saved_heads)}, this recipe needs "
                             f"{sorted(wanted)} (the word head comes with --language-word-weight > 0); delete "
                             f"{language_dir} to run stage L again, or match --language-word-weight to that run")
         load_model(llm, str(llm_file))
-        load_model(heads, str(heads_file))
+        heads.load_state_dict(saved)
         return
     language_dir.mkdir(parents=True, exist_ok=True)
     pretrain(language_dir)
