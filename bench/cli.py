@@ -157,6 +157,16 @@ def inspect_(
     typer.echo(inspect_model(model, registry.parse_model_args(model_args)))
 
 
+def _cell_detail(text: str | None) -> str | None:
+    """``--language-cell-detail`` checked before any training starts (stage L reads it after stage 0)."""
+    from bench.training.language import CELL_DETAILS
+
+    if text is not None and text not in CELL_DETAILS:
+        raise typer.BadParameter(f"{text!r}: expected one of {', '.join(CELL_DETAILS)}",
+                                 param_hint="--language-cell-detail")
+    return text
+
+
 def _curriculum(text: str | None) -> tuple[tuple[str, int], ...] | None:
     """``--curriculum`` parsed (None: the recipe's default); a malformed value is a usage error."""
     from bench.training.runs import parse_curriculum
@@ -181,6 +191,13 @@ LanguageWordWeight = Annotated[Optional[float], typer.Option(
 LanguageBoxMarker = Annotated[Optional[bool], typer.Option(
     help="Stage L and the alignment: a box region (no mask) names its object's words and a marker word, so "
          "that box and mask regions can ask for their own caption styles.")]
+LanguageDescriptionWeight = Annotated[Optional[float], typer.Option(
+    help="Stage L: weight of the description head that reads, at each region's token, what its shortest "
+         "description names besides the category (colour, size, both, nothing, or a relation is needed); "
+         "also asked, frozen, in stages 1 and 2 (0: no description head).")]
+LanguageCellDetail = Annotated[Optional[str], typer.Option(
+    help="Stage L and the alignment: what an image token's cell names of each object it shows: "
+         "category, colour (colour and category) or all (size, colour and category).")]
 AlignWeight = Annotated[Optional[float], typer.Option(
     help="After stage L, stages 1 and 2: weight of the vision tokens' pull toward stage L's word means "
          "(0: none).")]
@@ -216,6 +233,8 @@ def train_rgpt(
     language_cycles: LanguageCycles = None,
     language_word_weight: LanguageWordWeight = None,
     language_box_marker: LanguageBoxMarker = None,
+    language_cell_detail: LanguageCellDetail = None,
+    language_description_weight: LanguageDescriptionWeight = None,
     align_weight: AlignWeight = None,
     vision_aux_weight: VisionAuxWeight = None,
     contrast_weight: ContrastWeight = None,
@@ -244,6 +263,8 @@ def train_rgpt(
                  "language_easy_steps": language_easy_steps, "language_steps": language_steps,
                  "language_cycles": language_cycles, "language_word_weight": language_word_weight,
                  "language_box_marker": language_box_marker,
+                 "language_cell_detail": _cell_detail(language_cell_detail),
+                 "language_description_weight": language_description_weight,
                  "align_weight": align_weight, "vision_aux_weight": vision_aux_weight,
                  "contrast_weight": contrast_weight, "contrast_temperature": contrast_temperature,
                  "image_align_share": image_align_share,
@@ -276,6 +297,8 @@ def train_gpt4roi(
     language_cycles: LanguageCycles = None,
     language_word_weight: LanguageWordWeight = None,
     language_box_marker: LanguageBoxMarker = None,
+    language_cell_detail: LanguageCellDetail = None,
+    language_description_weight: LanguageDescriptionWeight = None,
     align_weight: AlignWeight = None,
     vision_aux_weight: VisionAuxWeight = None,
     contrast_weight: ContrastWeight = None,
@@ -304,6 +327,8 @@ def train_gpt4roi(
                                  "language_cycles": language_cycles,
                                  "language_word_weight": language_word_weight,
                                  "language_box_marker": language_box_marker,
+                                 "language_cell_detail": _cell_detail(language_cell_detail),
+                                 "language_description_weight": language_description_weight,
                                  "align_weight": align_weight, "vision_aux_weight": vision_aux_weight,
                                  "contrast_weight": contrast_weight, "contrast_temperature": contrast_temperature,
                                  "image_align_share": image_align_share,

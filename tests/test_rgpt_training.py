@@ -21,7 +21,8 @@ def test_train_then_evaluate_tiny_rgpt(small_suite: Path, tmp_path: Path) -> Non
     out = tmp_path / "ckpt"
     args = ["train", "rgpt", "--out", str(out), "--data-root", str(small_suite), "--vision-steps", "2",
             "--language-easy-steps", "2", "--language-steps", "1", "--language-cycles", "2",
-            "--language-word-weight", "0.5",
+            "--language-word-weight", "0.5", "--language-cell-detail", "colour",
+            "--language-description-weight", "0.5",
             "--contrast-weight", "0.5", "--contrast-temperature", "0.05", "--image-align-share", "0.2",
             "--stage1-steps", "2", "--curriculum", "classification=2,pope=1", "--stage2-steps", "3",
             "--batch-size", "4",
@@ -39,7 +40,7 @@ def test_train_then_evaluate_tiny_rgpt(small_suite: Path, tmp_path: Path) -> Non
                                                                ("language", 1), ("language-2", 1)]
     llm = load_file(str(out / "language" / "llm.safetensors"))
     heads = load_file(str(out / "language" / "heads.safetensors"))
-    assert {k.split(".")[0] for k in heads} == {"match_head", "index_head", "word_head"}
+    assert {k.split(".")[0] for k in heads} == {"match_head", "index_head", "word_head", "description_head"}
     weights = load_file(str(out / "model.safetensors"))
     tower = load_file(str(out / "vision" / "tower.safetensors"))
     # Stages 1 and 2 trained through the alignment wrapper; the checkpoint holds the model alone.
@@ -51,8 +52,10 @@ def test_train_then_evaluate_tiny_rgpt(small_suite: Path, tmp_path: Path) -> Non
     assert set(llm) <= {k.removeprefix("llm.") for k in weights}
     assert any(not (weights[f"llm.{k}"] == v).all() for k, v in llm.items())
     recipe = json.loads((out / "recipe.json").read_text())
-    assert [recipe["recipe"][k] for k in ("language_word_weight", "contrast_weight", "contrast_temperature",
-                                          "image_align_share")] == [0.5, 0.5, 0.05, 0.2]
+    assert [recipe["recipe"][k] for k in ("language_word_weight", "language_description_weight",
+                                          "contrast_weight", "contrast_temperature",
+                                          "image_align_share")] == [0.5, 0.5, 0.5, 0.05, 0.2]
+    assert recipe["recipe"]["language_cell_detail"] == "colour"
     assert recipe["recipe"]["language_box_marker"] is True  # the default: box regions carry the marker
     assert recipe["recipe"]["stage2_steps"] == 3 and set(recipe["conversations"]) == {
         "classification", "caption", "relation", "rec", "pope"}
@@ -66,6 +69,11 @@ def test_train_then_evaluate_tiny_rgpt(small_suite: Path, tmp_path: Path) -> Non
     without_word_head[args.index("--language-word-weight") + 1] = "0"
     other = run_bench(*without_word_head)
     assert other.returncode != 0 and "word head" in other.stderr and "delete" in other.stderr
+    # A cell detail that does not exist is refused before any training.
+    wrong = run_bench("train", "rgpt", "--out", str(tmp_path / "never"), "--language-cell-detail", "shape")
+    message = " ".join(wrong.stderr.replace("│", " ").split())  # typer's box wraps lines
+    assert wrong.returncode != 0 and "'shape': expected one of category, colour, all" in message
+    assert not (tmp_path / "never").exists()
 
     result = run_bench("run", "--model", "rgpt", "--model-args", f"pretrained={out}", "--task",
                        "pope-adversarial,coco-cls", "--data-root", str(small_suite), "--limit", "6",

@@ -69,7 +69,8 @@ def _model_and_batch() -> tuple[torch.nn.Module, dict, dict]:
     cells[0, 0, :2] = torch.tensor([5, 6])
     words = {"cell_words": cells, "region_words": [torch.tensor([[7] + [-1] * 7, [-1] * 8])],
              "aux_positions": torch.tensor([[0, 1 + n_image], [0, 3 + n_image]]),
-             "aux_match": torch.tensor([1.0, 0.0]), "aux_index": torch.tensor([0, 1])}
+             "aux_match": torch.tensor([1.0, 0.0]), "aux_index": torch.tensor([0, 1]),
+             "region_descriptions": torch.tensor([2, -100])}
     return model, {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids, **vision}, words
 
 
@@ -116,6 +117,19 @@ def test_aligned_lm_asks_the_frozen_word_head_at_the_region_tokens_with_the_auxi
     hidden = out.hidden_states[1][0, [1 + n_image, 3 + n_image]]  # the two region tokens
     expected = region_word_loss(word_heads.word_head(hidden), words["region_words"][0])
     assert expected.item() > 0  # the first region has a word (7); the second, none, is left out
+    assert out.loss.item() == pytest.approx((without.loss + 2.0 * expected).item(), rel=1e-5)
+
+
+def test_aligned_lm_asks_the_frozen_description_head_at_the_region_tokens_with_the_auxiliary_weight() -> None:
+    model, batch, words = _model_and_batch()
+    plain_heads = AuxiliaryHeads(model.config.text_config.hidden_size, layer=1)
+    described_heads = AuxiliaryHeads(model.config.text_config.hidden_size, layer=1, descriptions=True)
+    described_heads.load_state_dict(plain_heads.state_dict(), strict=False)
+    without = AlignedLM(model, plain_heads, align_weight=0.0, aux_weight=2.0)(**batch, **words)
+    out = AlignedLM(model, described_heads, align_weight=0.0, aux_weight=2.0)(**batch, **words)
+    n_image = model.config.num_image_tokens
+    first_region = out.hidden_states[1][0, 1 + n_image]  # the second region's target is -100: left out
+    expected = -torch.log_softmax(described_heads.description_head(first_region), -1)[2]
     assert out.loss.item() == pytest.approx((without.loss + 2.0 * expected).item(), rel=1e-5)
 
 

@@ -27,13 +27,19 @@ from bench.training.language import (
     mean_word_embeddings,
     region_words,
     scene_objects,
+    shortest_description,
     verbalize,
 )
 from bench.types import ImageRef
 from tasks.rec import build_prompt, parse_choice
 
-RING = SceneObject((0.0, 0.0, 10.0, 10.0), ("small", "red", "ring"), "ring")
-STAR = SceneObject((10.0, 0.0, 40.0, 20.0), ("large", "blue", "star"), "star")
+RING = SceneObject((0.0, 0.0, 10.0, 10.0), ("small", "red", "ring"), "ring", "red", "small")
+STAR = SceneObject((10.0, 0.0, 40.0, 20.0), ("large", "blue", "star"), "star", "blue", "large")
+
+
+def _object(size: str | None, colour: str, category: str, x: float = 0.0) -> SceneObject:
+    words = (colour, category) if size is None else (size, colour, category)
+    return SceneObject((x, 0.0, x + 5.0, 5.0), words, category, colour, size)
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +61,21 @@ def test_cell_words_by_hand() -> None:
     assert cell_words([STAR, RING, STAR], (40, 20), 1) == (("star", "ring"),)
 
 
+def test_cell_words_name_colour_or_every_word_on_request() -> None:
+    # The same cells as above; each word once per cell, in object order.
+    assert cell_words([RING, STAR], (40, 20), 2, detail="colour") == (
+        ("red", "ring", "blue", "star"), ("blue", "star"), ("blue", "star"), ("blue", "star"))
+    assert cell_words([RING, STAR], (40, 20), 2, detail="all")[:2] == (
+        ("small", "red", "ring", "large", "blue", "star"), ("large", "blue", "star"))
+    red_star = SceneObject((0.0, 0.0, 40.0, 20.0), ("large", "red", "star"), "star", "red")
+    assert cell_words([RING, red_star], (40, 20), 1, detail="colour") == (("red", "ring", "star"),)
+    # Off the synthetic suite an object has no colour: its category alone.
+    plain = SceneObject((0.0, 0.0, 40.0, 20.0), ("star",), "star")
+    assert cell_words([plain], (40, 20), 1, detail="colour") == (("star",),)
+    with pytest.raises(ValueError, match="expected one of category, colour, all"):
+        cell_words([RING], (40, 20), 1, detail="size")
+
+
 def test_cell_words_of_a_stretched_image_by_hand() -> None:
     # GPT4RoI stretches: a 40 x 20 image in 3 x 3 cells of 13.3 x 6.7 px. A 5 x 3 box at y 5..8
     # covers 8.3 px^2 (9%) of the first row's cell and 6.7 px^2 (7.5%) of the second's.
@@ -63,6 +84,35 @@ def test_cell_words_of_a_stretched_image_by_hand() -> None:
     assert [i for i, words in enumerate(stretched) if words] == [0, 3] and stretched[0] == ("dot",)
     # Padded to 40 x 40 the box sits at y 15..18: the second row's cell alone (13.3..26.7).
     assert [i for i, words in enumerate(cell_words([dot], (40, 20), 3)) if words] == [3]
+
+
+def test_shortest_description_follows_the_refcocog_rule_by_hand() -> None:
+    # DESCRIPTIONS = category, colour, size, size+colour, none
+    ring = _object("small", "red", "ring")
+    assert shortest_description(ring, [ring, _object("small", "red", "star", 10)]) == 0  # the only ring
+    assert shortest_description(ring, [ring, _object("small", "blue", "ring", 10)]) == 1  # the red ring
+    # another red ring: the size tells them apart
+    assert shortest_description(ring, [ring, _object("large", "red", "ring", 10)]) == 2
+    # a large red ring and a small blue ring: neither colour nor size alone; both do
+    both = [ring, _object("large", "red", "ring", 10), _object("small", "blue", "ring", 20)]
+    assert shortest_description(ring, both) == 3
+    assert shortest_description(ring, [ring, _object("small", "red", "ring", 10)]) == 4  # a twin: a relation
+    # a crowd of red rings may hide a ring of any size: colour and size cannot tell it apart
+    assert shortest_description(ring, [ring, _object(None, "red", "ring", 10)]) == 4
+    assert shortest_description(ring, [ring, _object(None, "blue", "ring", 10)]) == 1
+    # unknown: a crowd itself, or an object whose size and colour are not known (other data)
+    assert shortest_description(_object(None, "red", "ring"), [ring]) == -100
+    plain = SceneObject((0.0, 0.0, 5.0, 5.0), ("ring",), "ring")
+    assert shortest_description(plain, [plain]) == -100
+
+
+def test_verbalize_gives_each_region_its_shortest_description() -> None:
+    other_ring = _object("large", "blue", "ring", 20)
+    regions = [Region(box=RING.box), Region(box=STAR.box), Region(box=(0.0, 30.0, 5.0, 35.0))]
+    verbal = verbalize(regions, (40, 40), [RING, STAR, other_ring], 2)
+    assert verbal.descriptions == (1, 0, -100)  # the red ring, the star, nothing there
+    assert [verbal.description(i) for i in range(3)] == [1, 0, -100]
+    assert Verbal((), (("ring",),)).description(0) == -100  # none given: unknown
 
 
 def test_region_words_take_the_best_overlap_at_iou_half() -> None:
@@ -94,6 +144,7 @@ def test_scene_objects_name_size_colour_and_category(suite: Path) -> None:
         for obj in objects:
             *size, colour, category = obj.words  # a crowd has no size
             assert size in ([], [obj.words[0]]) and colour in COLOUR_NAMES and category == obj.category
+            assert obj.colour == colour
             assert all(s in SIZE_NAMES for s in size)
     # Every classification region is an annotated object, so it has words, and its category is the answer.
     for c in conversations:
@@ -122,7 +173,7 @@ def _rec_conversation(n: int, answer: int) -> Conversation:
 def test_fewer_candidates_keeps_the_answer_and_renumbers() -> None:
     words = (("small", "red", "ring"), ("large", "blue", "star"), ("small", "red", "ring"), (), ("x",))
     conversation = _rec_conversation(5, answer=3)
-    verbal = Verbal(cells=((),), regions=words)
+    verbal = Verbal(cells=((),), regions=words, descriptions=(4, 0, 4, -100, -100))
     for seed in range(20):
         easier, easier_verbal = fewer_candidates(conversation, verbal, 2, random.Random(seed))
         (user, answer), = easier.turns
@@ -131,6 +182,9 @@ def test_fewer_candidates_keeps_the_answer_and_renumbers() -> None:
         picked = parse_choice(answer, 2)
         assert easier.regions[picked - 1] == conversation.regions[2]
         assert easier_verbal.regions[picked - 1] == ("small", "red", "ring")
+        assert easier_verbal.descriptions[picked - 1] == 4  # each region keeps its description
+        assert easier_verbal.descriptions[2 - picked] == (0 if easier_verbal.regions[2 - picked][-1:] == ("star",)
+                                                          else -100)
         # The other candidate never names the answer's object again (candidate 1 would).
         assert easier_verbal.regions[2 - picked] in (("large", "blue", "star"), (), ("x",))
         # Original order is kept.
@@ -159,8 +213,9 @@ class _Processor:
 
 def test_verbal_collate_orders_region_words_as_the_tokens_take_them() -> None:
     conversation = _rec_conversation(2, answer=1)
-    verbal = Verbal(cells=(("ring",), ()), regions=(("red", "ring"), ("blue",)))
+    verbal = Verbal(cells=(("ring",), ()), regions=(("red", "ring"), ("blue",)), descriptions=(3, -100))
     batch = VerbalCollate(_Processor(), {id(conversation): verbal}, num_image_tokens=2)([conversation])
+    assert batch["region_descriptions"].tolist() == [-100, 3]
     assert batch["cell_words"].shape == (1, 2, 8)
     assert batch["cell_words"][0, :, :2].tolist() == [[6, -1], [-1, -1]]
     assert batch["region_words"][0][:, :2].tolist() == [[7, -1], [5, 6]]
@@ -293,6 +348,32 @@ def test_verbalized_lm_adds_the_word_loss_at_the_region_tokens() -> None:
     assert torch.allclose(out.loss, plain.loss + 2.0 * expected, atol=1e-6)
     out.loss.backward()
     assert heads.word_head.weight.grad is not None and heads.word_head.weight.grad.abs().sum() > 0
+
+
+def test_verbalized_lm_adds_the_description_loss_at_the_region_tokens() -> None:
+    from adapters.rgpt.configuration_rgpt import RGPTConfig
+    from adapters.rgpt.modeling_rgpt import RGPTForCausalLM
+
+    torch.manual_seed(0)
+    config = RGPTConfig.tiny(vocab_size=20, image_token_id=10, region_token_id=11, bos_token_id=1,
+                             eos_token_id=2, pad_token_id=0)
+    heads = AuxiliaryHeads(config.text_config.hidden_size, layer=1, descriptions=True)
+    wrapped = VerbalizedLM(RGPTForCausalLM(config), heads, aux_weight=0.0, description_weight=0.5)
+    n_image = config.num_image_tokens
+    ids = torch.tensor([[1] + [10] * n_image + [11, 3, 11, 4]])
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids,
+             "cell_words": torch.full((1, n_image, 8), -1), "region_words": [torch.full((2, 8), -1)],
+             "region_descriptions": torch.tensor([-100, 4])}
+    out = wrapped(**batch)
+    plain = VerbalizedLM(wrapped.model, heads, aux_weight=0.0)(**batch)
+    second_region = out.hidden_states[1][0, 3 + n_image]  # the first has no target
+    expected = -torch.log_softmax(heads.description_head(second_region), -1)[4]
+    assert torch.allclose(out.loss, plain.loss + 0.5 * expected, atol=1e-6)
+    out.loss.backward()
+    assert heads.description_head.weight.grad.abs().sum() > 0
+    # no target anywhere: nothing added
+    unknown = wrapped(**{**batch, "region_descriptions": torch.tensor([-100, -100])})
+    assert torch.allclose(unknown.loss, plain.loss, atol=1e-6)
 
 
 def test_an_image_without_known_objects_is_a_data_error_naming_it_and_the_fix() -> None:

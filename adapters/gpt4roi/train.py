@@ -65,6 +65,8 @@ class Recipe:
     language_lr: float = 1e-3
     language_word_weight: float = 1.0
     language_box_marker: bool = False  # GPT4RoI reads boxes only: a marker on every region tells nothing
+    language_cell_detail: str = "category"
+    language_description_weight: float = 0.0
     align_weight: float = 1.0
     vision_aux_weight: float = 1.0
     contrast_weight: float = 0.1

@@ -71,6 +71,12 @@ class Recipe:
     # Box regions (no mask) verbalized with a marker word after their object's words, so that
     # box and mask regions can ask for their two caption styles (bench.training.language.verbalize).
     language_box_marker: bool = True
+    # What an image token's cell names in stage L: "category" (each object's category), "colour"
+    # (colour and category) or "all" (size, colour and category; bench.training.language.cell_words).
+    language_cell_detail: str = "category"
+    # Stage L's description head: each region's shortest description among its image's objects
+    # (bench.training.language.shortest_description says why). 0: no description head.
+    language_description_weight: float = 0.0
     # Stages 1 and 2 after stage L: weights of the vision tokens' pull toward stage L's word
     # means and of stage L's frozen auxiliary heads (bench.training.alignment says why).
     align_weight: float = 1.0

@@ -165,6 +165,7 @@ def language_then_alignment(model: nn.Module, processor: Any, examples: Sequence
 
     ``recipe``: a tiny model's recipe (``language_easy_steps``, ``language_steps``,
     ``language_cycles``, ``language_lr``, ``language_word_weight``, ``language_box_marker``,
+    ``language_cell_detail``, ``language_description_weight``,
     ``align_weight``, ``vision_aux_weight``,
     ``contrast_weight``, ``contrast_temperature``, ``image_align_share``,
     ``batch_size``, ``seed``); ``grid``: the image-token grid's side; ``square``: whether the
@@ -183,14 +184,17 @@ def language_then_alignment(model: nn.Module, processor: Any, examples: Sequence
     if not (recipe.language_easy_steps or recipe.language_steps):
         return model, make_collate(), ""
     heads = AuxiliaryHeads(model.llm.config.hidden_size,
-                           vocab_size=model.llm.config.vocab_size if recipe.language_word_weight else None)
+                           vocab_size=model.llm.config.vocab_size if recipe.language_word_weight else None,
+                           descriptions=bool(recipe.language_description_weight))
     # the region placeholder's own token (its embedding row is never an input otherwise)
     marker = processor.tokenizer.convert_ids_to_tokens(model.config.region_token_id) \
         if recipe.language_box_marker else None
-    verbals = verbalize_all(examples, scene_objects(data_root, "train"), grid, square, marker)
+    verbals = verbalize_all(examples, scene_objects(data_root, "train"), grid, square, marker,
+                            recipe.language_cell_detail)
     language = LanguageRecipe(steps=recipe.language_steps, easy_steps=recipe.language_easy_steps,
                               cycles=recipe.language_cycles, lr=recipe.language_lr, batch_size=recipe.batch_size,
-                              seed=recipe.seed, word_weight=recipe.language_word_weight)
+                              seed=recipe.seed, word_weight=recipe.language_word_weight,
+                              description_weight=recipe.language_description_weight)
     stage_language(model.llm, heads, out_dir, lambda directory: pretrain_language(
         model, heads, processor, examples, verbals, grid, directory, language, progress=progress,
         llm_prefixes=llm_prefixes))
@@ -220,8 +224,9 @@ def stage_language(llm: nn.Module, heads: nn.Module, out_dir: Path, pretrain: Ca
         wanted = {key.split(".")[0] for key in heads.state_dict()}
         if saved_heads != wanted:
             raise DataError(f"{heads_file} holds the heads {sorted(saved_heads)}, this recipe needs "
-                            f"{sorted(wanted)} (the word head comes with --language-word-weight > 0); delete "
-                            f"{language_dir} to run stage L again, or match --language-word-weight to that run")
+                            f"{sorted(wanted)} (the word head comes with --language-word-weight > 0, the "
+                            f"description head with --language-description-weight > 0); delete {language_dir} "
+                            "to run stage L again, or match those options to that run")
         load_model(llm, str(llm_file))
         heads.load_state_dict(saved)
         return
