@@ -20,7 +20,8 @@ embeddings included) trains on the answer tokens of these text-only conversation
   simulated detector's false positive) is a zero vector;
 * an image token (one per cell of the image-token grid, row-major, over the image padded to
   a square as the processors do): the category words of the objects whose boxes cover at
-  least :data:`CELL_MIN_SHARE` of the cell; an empty cell is a zero vector.
+  least :data:`CELL_MIN_SHARE` of the cell (``cell_detail``: their colours, or all their words,
+  too); an empty cell is a zero vector.
 
 Colour and size words come from the synthetic suite's ``meta/objects_{split}.json``; on
 other data only the category is used. One vector per vision token, in the place where the
@@ -165,9 +166,13 @@ def shortest_description(target: SceneObject, objects: Sequence[SceneObject]) ->
     Why: a RefCOCOg caption names a colour or a size only when another object of the category
     needs it told apart ("the ring" / "the red ring" / "the small ring"), so the answer depends on
     the other objects. Stage L's LLM, given every word, picked the right kind for 29% of 200 val
-    captions (after 2000 more steps with colours in the cells: 27%); RGPT's eval answers after
-    stage 2: 36% (64 of 178). With the right kind, the same answers would score CIDEr 574, not
-    280. Asked at the region token, as REC's and POPE's hops are, the choice is learned."""
+    captions (2000 more steps with colours in the cells: 27%); RGPT's evaluation answers after
+    stage 2, 36% (64 of 178); with the right kind the same answers would score CIDEr 574, not 280.
+    The head asks for the choice at the region token, as REC's and POPE's hops are asked for.
+    Measured (2000 steps on from the colour-cell LLM): the head reads it for 64% of val region
+    tokens (93% of those that need no attribute; the most common class is 45%), the answers
+    stay at 30%; 2000 more with 12000 extra RefCOCOg captions in the mix, 41%. Slow, not yet a
+    gain: off by default (``LanguageRecipe.description_weight``)."""
     from bench.synthetic.expressions import ATTRIBUTE_SETS, Item, plain_description
 
     if target.colour is None or target.size is None:
@@ -188,7 +193,13 @@ def cell_words(objects: Sequence[SceneObject], size: tuple[int, int], grid: int,
                square: bool = True, detail: str = "category") -> tuple[tuple[str, ...], ...]:
     """Per cell of a ``grid`` x ``grid`` split of the image -- padded to a square (centred), as
     RGPT's processor does, or with ``square=False`` stretched to one, as GPT4RoI's does -- the
-    categories (in object order, each once) whose boxes cover >= :data:`CELL_MIN_SHARE` of it."""
+    categories (in object order, each once) whose boxes cover >= :data:`CELL_MIN_SHARE` of it;
+    with ``detail`` "colour" each such object's colour and category, with "all" all its words
+    (size, colour, category), each word once per cell (an object of unknown colour: its category).
+
+    Why the option: with categories alone, whether another object of a region's category has
+    another colour (what a RefCOCOg caption's choice of words turns on, see
+    :func:`shortest_description`) is not in the words at all."""
     if detail not in CELL_DETAILS:
         raise ValueError(f"cell detail {detail!r}: expected one of {', '.join(CELL_DETAILS)}")
     width, height = size
