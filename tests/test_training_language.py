@@ -33,13 +33,12 @@ from bench.training.language import (
 from bench.types import ImageRef
 from tasks.rec import build_prompt, parse_choice
 
-RING = SceneObject((0.0, 0.0, 10.0, 10.0), ("small", "red", "ring"), "ring", "red", "small")
-STAR = SceneObject((10.0, 0.0, 40.0, 20.0), ("large", "blue", "star"), "star", "blue", "large")
+RING = SceneObject((0.0, 0.0, 10.0, 10.0), "ring", "red", "small")
+STAR = SceneObject((10.0, 0.0, 40.0, 20.0), "star", "blue", "large")
 
 
 def _object(size: str | None, colour: str, category: str, x: float = 0.0) -> SceneObject:
-    words = (colour, category) if size is None else (size, colour, category)
-    return SceneObject((x, 0.0, x + 5.0, 5.0), words, category, colour, size)
+    return SceneObject((x, 0.0, x + 5.0, 5.0), category, colour, size)
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +54,7 @@ def test_cell_words_by_hand() -> None:
     cells = cell_words([RING, STAR], (40, 20), 2)
     assert cells == (("ring", "star"), ("star",), ("star",), ("star",))
     # Under 1% of a cell does not count: a 1 x 1 box is 0.25% of a 20 x 20 cell.
-    speck = SceneObject((0.0, 0.0, 1.0, 1.0), ("small", "red", "circle"), "circle")
+    speck = SceneObject((0.0, 0.0, 1.0, 1.0), "circle", "red", "small")
     assert cell_words([speck], (40, 20), 2) == ((), (), (), ())
     # Each category once per cell, in object order.
     assert cell_words([STAR, RING, STAR], (40, 20), 1) == (("star", "ring"),)
@@ -67,10 +66,10 @@ def test_cell_words_name_colour_or_every_word_on_request() -> None:
         ("red", "ring", "blue", "star"), ("blue", "star"), ("blue", "star"), ("blue", "star"))
     assert cell_words([RING, STAR], (40, 20), 2, detail="all")[:2] == (
         ("small", "red", "ring", "large", "blue", "star"), ("large", "blue", "star"))
-    red_star = SceneObject((0.0, 0.0, 40.0, 20.0), ("large", "red", "star"), "star", "red")
+    red_star = SceneObject((0.0, 0.0, 40.0, 20.0), "star", "red", "large")
     assert cell_words([RING, red_star], (40, 20), 1, detail="colour") == (("red", "ring", "star"),)
     # Off the synthetic suite an object has no colour: its category alone.
-    plain = SceneObject((0.0, 0.0, 40.0, 20.0), ("star",), "star")
+    plain = SceneObject((0.0, 0.0, 40.0, 20.0), "star")
     assert cell_words([plain], (40, 20), 1, detail="colour") == (("star",),)
     with pytest.raises(ValueError, match="expected one of category, colour, all"):
         cell_words([RING], (40, 20), 1, detail="size")
@@ -79,7 +78,7 @@ def test_cell_words_name_colour_or_every_word_on_request() -> None:
 def test_cell_words_of_a_stretched_image_by_hand() -> None:
     # GPT4RoI stretches: a 40 x 20 image in 3 x 3 cells of 13.3 x 6.7 px. A 5 x 3 box at y 5..8
     # covers 8.3 px^2 (9%) of the first row's cell and 6.7 px^2 (7.5%) of the second's.
-    dot = SceneObject((0.0, 5.0, 5.0, 8.0), ("small", "red", "dot"), "dot")
+    dot = SceneObject((0.0, 5.0, 5.0, 8.0), "dot", "red", "small")
     stretched = cell_words([dot], (40, 20), 3, square=False)
     assert [i for i, words in enumerate(stretched) if words] == [0, 3] and stretched[0] == ("dot",)
     # Padded to 40 x 40 the box sits at y 15..18: the second row's cell alone (13.3..26.7).
@@ -102,7 +101,7 @@ def test_shortest_description_follows_the_refcocog_rule_by_hand() -> None:
     assert shortest_description(ring, [ring, _object(None, "blue", "ring", 10)]) == 1
     # unknown: a crowd itself, or an object whose size and colour are not known (other data)
     assert shortest_description(_object(None, "red", "ring"), [ring]) == -100
-    plain = SceneObject((0.0, 0.0, 5.0, 5.0), ("ring",), "ring")
+    plain = SceneObject((0.0, 0.0, 5.0, 5.0), "ring")
     assert shortest_description(plain, [plain]) == -100
 
 

@@ -39,7 +39,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -49,6 +49,7 @@ from bench.data.coco import load_coco_instances
 from bench.data.layout import dataset_path
 from bench.errors import DataError
 from bench.regions import Box, box_iou
+from bench.synthetic.expressions import ATTRIBUTE_SETS, Item, plain_description
 from bench.synthetic.pope_sampling import TEMPLATE as POPE_TEMPLATE
 from bench.training.conversations import load_object_meta
 from bench.training.trainer import Stage
@@ -57,6 +58,7 @@ from tasks.rec import PROMPT as REC_PROMPT
 CELL_MIN_SHARE = 0.01  # as stage 0's presence targets (bench.training.vision.PRESENCE_MIN_SHARE)
 REGION_MIN_IOU = 0.5  # a region names the object it overlaps this much (REC's own threshold)
 CELL_DETAILS = ("category", "colour", "all")  # what a cell names of each object it shows (cell_words)
+IGNORE = -100  # no target (cross-entropy's ignore_index)
 MAX_WORDS = 8  # words per vision token (a cell showing more categories keeps the first 8)
 
 
@@ -65,10 +67,14 @@ class SceneObject:
     """One annotated object of an image: its box (x0, y0, x1, y1) and the words that name it."""
 
     box: Box
-    words: tuple[str, ...]  # (size, colour, category) on the synthetic suite, (category,) elsewhere
     category: str
     colour: str | None = None  # known on the synthetic suite only
     size: str | None = None  # known on the synthetic suite only, and there None for a crowd
+
+    @property
+    def words(self) -> tuple[str, ...]:
+        """(size, colour, category) on the synthetic suite (a crowd: no size), (category,) elsewhere."""
+        return tuple(word for word in (self.size, self.colour, self.category) if word is not None)
 
 
 @dataclass(frozen=True)
@@ -82,6 +88,7 @@ class Verbal:
     descriptions: tuple[int, ...] = ()
 
     def description(self, region: int) -> int:
+        """The ``region``-th region's description (:data:`IGNORE` when none is known)."""
         return self.descriptions[region] if self.descriptions else IGNORE
 
 
@@ -109,9 +116,7 @@ def scene_objects(data_root: Path, split: str = "train") -> dict[str, tuple[tupl
             seen[image.file_name].add(box)
             category = instances.categories[annotation.category_id].name
             known = meta.get(annotation.id, {})
-            extra = tuple(known[key] for key in ("size", "colour") if key in known)
-            scenes[image.file_name][1].append(
-                SceneObject(box, (*extra, category), category, known.get("colour"), known.get("size")))
+            scenes[image.file_name][1].append(SceneObject(box, category, known.get("colour"), known.get("size")))
     return scenes
 
 
@@ -127,12 +132,14 @@ def verbalize(regions: Sequence[Any], size: tuple[int, int], objects: Sequence[S
     how the model can tell them apart, but words without the marker are the same for both:
     stage L's LLM answered 189 of 214 val Visual Genome boxes with RefCOCOg's "the" (with the
     marker: 66 after 2000 more steps, none after 4000)."""
-    def words(region: Any) -> tuple[str, ...]:
-        named = region_words(region.box, objects)
-        return (*named, box_marker) if named and box_marker and region.mask is None else named
+    def words(region: Any, obj: SceneObject | None) -> tuple[str, ...]:
+        if obj is None:
+            return ()
+        return (*obj.words, box_marker) if box_marker and region.mask is None else obj.words
 
     shown = [region_object(r.box, objects) for r in regions]
-    return Verbal(cell_words(objects, size, grid, square, cell_detail), tuple(words(r) for r in regions),
+    return Verbal(cell_words(objects, size, grid, square, cell_detail),
+                  tuple(words(r, obj) for r, obj in zip(regions, shown, strict=True)),
                   tuple(shortest_description(obj, objects) if obj else IGNORE for obj in shown))
 
 
@@ -155,12 +162,12 @@ def region_words(box: Box, objects: Sequence[SceneObject]) -> tuple[str, ...]:
 # What the shortest description of an object among its image's objects names besides the
 # category, as RefCOCOg's expressions choose it (bench.synthetic.expressions.plain_description);
 # "none": no plain description tells it apart (its expression needs a relation).
-DESCRIPTIONS = ("category", "colour", "size", "size+colour", "none")
-IGNORE = -100  # no target (cross-entropy's ignore_index)
+DESCRIPTIONS = (*("+".join(attributes) or "category" for attributes in ATTRIBUTE_SETS), "none")
 
 
 def shortest_description(target: SceneObject, objects: Sequence[SceneObject]) -> int:
-    """Index in :data:`DESCRIPTIONS` of ``target``'s shortest description among ``objects``, by the
+    """Index in :data:`DESCRIPTIONS` of ``target``'s shortest description among ``objects`` (which
+    hold it), by the
     suite's own rule; :data:`IGNORE` when its colour or size is unknown (other data; a crowd).
 
     Why: a RefCOCOg caption names a colour or a size only when another object of the category
@@ -173,20 +180,14 @@ def shortest_description(target: SceneObject, objects: Sequence[SceneObject]) ->
     tokens (93% of those that need no attribute; the most common class is 45%), the answers
     stay at 30%; 2000 more with 12000 extra RefCOCOg captions in the mix, 41%. Slow, not yet a
     gain: off by default (``LanguageRecipe.description_weight``)."""
-    from bench.synthetic.expressions import ATTRIBUTE_SETS, Item, plain_description
-
     if target.colour is None or target.size is None:
         return IGNORE
-
-    def item(key: int, obj: SceneObject) -> Item:
-        return Item(key, obj.category, obj.colour or "", obj.size, obj.box, crowd=obj.size is None)
-
-    items = [item(key, obj) for key, obj in enumerate(objects) if obj is not target]
-    found = plain_description(item(len(objects), target), [*items, item(len(objects), target)])
+    items = [Item(key, obj.category, obj.colour or "", obj.size, obj.box, crowd=obj.size is None)
+             for key, obj in enumerate(objects)]
+    found = plain_description(items[objects.index(target)], items)
     if found is None:
         return DESCRIPTIONS.index("none")
-    attributes = tuple(name for name, value in (("size", found.size), ("colour", found.colour)) if value is not None)
-    return [tuple(sorted(a)) for a in ATTRIBUTE_SETS].index(tuple(sorted(attributes)))
+    return ATTRIBUTE_SETS.index(tuple(name for name in ("size", "colour") if getattr(found, name) is not None))
 
 
 def cell_words(objects: Sequence[SceneObject], size: tuple[int, int], grid: int,
@@ -210,20 +211,31 @@ def cell_words(objects: Sequence[SceneObject], size: tuple[int, int], grid: int,
     else:
         x_offset = y_offset = 0.0
         x_step, y_step = width / grid, height / grid
+    shown = [{"category": (obj.category,), "all": obj.words,
+              "colour": (obj.colour, obj.category) if obj.colour else (obj.category,)}[detail] for obj in objects]
     cells = []
     for row in range(grid):
         for col in range(grid):
             x0, y0 = col * x_step - x_offset, row * y_step - y_offset
             names: list[str] = []
-            for obj in objects:
+            for obj, words in zip(objects, shown, strict=True):
                 overlap_w = min(obj.box[2], x0 + x_step) - max(obj.box[0], x0)
                 overlap_h = min(obj.box[3], y0 + y_step) - max(obj.box[1], y0)
                 if overlap_w > 0 and overlap_h > 0 and overlap_w * overlap_h >= CELL_MIN_SHARE * x_step * y_step:
-                    shown = {"category": (obj.category,), "all": obj.words,
-                             "colour": (obj.colour, obj.category) if obj.colour else (obj.category,)}[detail]
-                    names.extend(word for word in shown if word not in names)
+                    names.extend(word for word in words if word not in names)
             cells.append(tuple(names))
     return tuple(cells)
+
+
+class _Encoded(NamedTuple):
+    """One conversation as :class:`VerbalCollate` batches it (cached per conversation)."""
+
+    ids: list[int]
+    labels: list[int]
+    cell_words: torch.Tensor  # [T, W]
+    region_words: torch.Tensor  # [n, W], in region-token order
+    aux: list[Aux]
+    descriptions: list[int]  # per region token, in its order
 
 
 class VerbalCollate:
@@ -238,7 +250,7 @@ class VerbalCollate:
         self.processor = processor
         self.verbals = verbals  # by id(conversation)
         self.num_image_tokens = num_image_tokens
-        self._examples: dict[int, tuple[list[int], list[int], torch.Tensor, torch.Tensor, list[Aux]]] = {}
+        self._examples: dict[int, _Encoded] = {}
 
     def word_ids(self, groups: Sequence[Sequence[str]]) -> torch.Tensor:
         out = torch.full((len(groups), MAX_WORDS), -1, dtype=torch.long)
@@ -248,8 +260,7 @@ class VerbalCollate:
                 out[row, :len(ids)] = torch.tensor(ids)
         return out
 
-    def example(self, conversation: Any) -> tuple[list[int], list[int], torch.Tensor, torch.Tensor, list[Aux],
-                                                  list[int]]:
+    def example(self, conversation: Any) -> _Encoded:
         key = id(conversation)
         if key not in self._examples:
             verbal = self.verbals[key]
@@ -258,24 +269,25 @@ class VerbalCollate:
             ids, labels, order = self.processor.training_tokens(conversation.turns, len(conversation.regions))
             aux = auxiliary_targets(conversation, verbal, ids, labels, order, self.processor.config.region_token_id,
                                     self.processor.tokenizer)
-            self._examples[key] = (ids, labels, self.word_ids(verbal.cells),
-                                   self.word_ids([verbal.regions[i] for i in order]), aux,
-                                   [verbal.description(i) for i in order])
+            self._examples[key] = _Encoded(ids, labels, self.word_ids(verbal.cells),
+                                           self.word_ids([verbal.regions[i] for i in order]), aux,
+                                           [verbal.description(i) for i in order])
         return self._examples[key]
 
     def __call__(self, conversations: list[Any]) -> dict[str, Any]:
         from adapters.region_processing import IGNORE_INDEX
 
         examples = [self.example(c) for c in conversations]
-        ids, attention = self.processor.pad([e[0] for e in examples], "right")
-        labels, _ = self.processor.pad([e[1] for e in examples], "right", value=IGNORE_INDEX)
-        aux = [(row, *target) for row, e in enumerate(examples) for target in e[4]]
+        ids, attention = self.processor.pad([e.ids for e in examples], "right")
+        labels, _ = self.processor.pad([e.labels for e in examples], "right", value=IGNORE_INDEX)
+        aux = [(row, *target) for row, e in enumerate(examples) for target in e.aux]
         return {"input_ids": ids, "attention_mask": attention, "labels": labels,
-                "cell_words": torch.stack([e[2] for e in examples]), "region_words": [e[3] for e in examples],
+                "cell_words": torch.stack([e.cell_words for e in examples]),
+                "region_words": [e.region_words for e in examples],
                 "aux_positions": torch.tensor([[a[0], a[1]] for a in aux], dtype=torch.long).view(-1, 2),
                 "aux_match": torch.tensor([a[2] for a in aux], dtype=torch.float32),
                 "aux_index": torch.tensor([a[3] for a in aux], dtype=torch.long),
-                "region_descriptions": torch.tensor([d for e in examples for d in e[5]], dtype=torch.long)}
+                "region_descriptions": torch.tensor([d for e in examples for d in e.descriptions], dtype=torch.long)}
 
 
 Aux = tuple[int, float, int]  # (position, match target or -1: none, index target or -100: none)
