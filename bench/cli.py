@@ -225,7 +225,13 @@ def train_rgpt(
     train_images: Annotated[Optional[int], typer.Option(
         help="Training images of the default synthetic training suite.")] = None,
     vision_steps: Annotated[Optional[int], typer.Option(
-        help="Stage 0 steps (the tiny vision tower's stand-in for CLIP pre-training).")] = None,
+        help="Stage 0 steps (the tiny vision tower's stand-in for CLIP pre-training), at "
+             "--vision-start-size.")] = None,
+    vision_start_size: Annotated[Optional[int], typer.Option(
+        help="Resolution of stage 0's first --vision-steps (default 128); then --vision-finish-steps at "
+             "--image-size. 0: all of stage 0 at --image-size.")] = None,
+    vision_finish_steps: Annotated[Optional[int], typer.Option(
+        help="Stage 0 steps at --image-size after the start resolution (default 4000).")] = None,
     language_easy_steps: LanguageEasySteps = None,
     language_steps: Annotated[Optional[int], typer.Option(
         help="Stage L steps on the whole verbalized mix (the tiny LLM's stand-in for language "
@@ -260,6 +266,7 @@ def train_rgpt(
     overrides = {"seed": seed, "stage1_steps": stage1_steps, "stage2_steps": stage2_steps,
                  "batch_size": batch_size, "image_size": image_size,
                  "train_images": train_images, "vision_steps": vision_steps,
+                 "vision_finish_steps": vision_finish_steps,
                  "language_easy_steps": language_easy_steps, "language_steps": language_steps,
                  "language_cycles": language_cycles, "language_word_weight": language_word_weight,
                  "language_box_marker": language_box_marker,
@@ -270,6 +277,8 @@ def train_rgpt(
                  "image_align_share": image_align_share,
                  "curriculum": _curriculum(curriculum)}
     recipe = dataclasses.replace(Recipe(), **{k: v for k, v in overrides.items() if v is not None})
+    if vision_start_size is not None:
+        recipe = dataclasses.replace(recipe, vision_start_size=vision_start_size or None)
     root = train_tiny_rgpt(resolve_data_root(data_root) if data_root is not None else None, out, recipe,
                            progress=progress)
     typer.echo(f"saved the tiny RGPT checkpoint to {root}; evaluate it with "

@@ -75,3 +75,14 @@ def test_stage0_starts_from_another_checkpoints_tower(tmp_path: Path) -> None:
                                                   target.vision_tower.state_dict().values(), strict=True))
     with pytest.raises(FileNotFoundError, match="init_tower"):
         _initial_tower(target, Recipe(init_tower=str(tmp_path / "absent")))
+    # A tower trained at another resolution (RGPT's finishes at 192 px; here 96 px into 128 px) loads
+    # with its position table resized and everything else as it is.
+    wide = GPT4RoIConfig.tiny(64, word_tokenizer_ids(), image_size=96, llm_hidden=32, llm_layers=1)
+    larger = GPT4RoIForCausalLM(wide)
+    torch.nn.init.normal_(larger.vision_tower.embeddings.patch_embedding.weight)
+    save_file({f"vision_tower.{k}": v.contiguous() for k, v in larger.vision_tower.state_dict().items()},
+              str(tmp_path / "model.safetensors"))
+    _initial_tower(target, Recipe(init_tower=str(tmp_path)))
+    loaded = target.vision_tower.embeddings
+    assert torch.equal(loaded.patch_embedding.weight, larger.vision_tower.embeddings.patch_embedding.weight)
+    assert loaded.position_embedding.weight.shape[0] == 1 + target.config.patch_grid ** 2 != 1 + 12 * 12

@@ -20,6 +20,7 @@ def small_suite(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_train_then_evaluate_tiny_rgpt(small_suite: Path, tmp_path: Path) -> None:
     out = tmp_path / "ckpt"
     args = ["train", "rgpt", "--out", str(out), "--data-root", str(small_suite), "--vision-steps", "2",
+            "--vision-start-size", "32", "--vision-finish-steps", "1",
             "--language-easy-steps", "2", "--language-steps", "1", "--language-cycles", "2",
             "--language-word-weight", "0.5", "--language-cell-detail", "colour",
             "--language-description-weight", "0.5",
@@ -33,8 +34,15 @@ def test_train_then_evaluate_tiny_rgpt(small_suite: Path, tmp_path: Path) -> Non
     assert [(r["stage"], r["step"]) for r in log] == [
         ("stage1", 1), ("stage1", 2), ("stage2-classification", 1), ("stage2-classification", 2),
         ("stage2-pope", 1), ("stage2", 1), ("stage2", 2), ("stage2", 3)]
+    # Stage 0: its --vision-steps at 32 px (a 4x4 patch grid), then one step at 64 px (8x8).
+    start_log = json.loads((out / "vision" / "start" / "log.json").read_text())
+    assert [r["step"] for r in start_log["log"]] == [1, 2]
     vision_log = json.loads((out / "vision" / "log.json").read_text())
-    assert [r["step"] for r in vision_log["log"]] == [1, 2]
+    assert [r["step"] for r in vision_log["log"]] == [1]
+    assert vision_log["recipe"]["lr"] == 1.5e-3
+    positions = "embeddings.position_embedding.weight"
+    assert load_file(str(out / "vision" / "start" / "tower.safetensors"))[positions].shape[0] == 1 + 4 * 4
+    assert load_file(str(out / "vision" / "tower.safetensors"))[positions].shape[0] == 1 + 8 * 8
     language_log = json.loads((out / "language" / "log.json").read_text())
     assert [(r["stage"], r["step"]) for r in language_log] == [("language-easy", 1), ("language-easy", 2),
                                                                ("language", 1), ("language-2", 1)]
@@ -56,6 +64,7 @@ def test_train_then_evaluate_tiny_rgpt(small_suite: Path, tmp_path: Path) -> Non
                                           "contrast_weight", "contrast_temperature",
                                           "image_align_share")] == [0.5, 0.5, 0.5, 0.05, 0.2]
     assert recipe["recipe"]["language_cell_detail"] == "colour"
+    assert [recipe["recipe"][k] for k in ("vision_start_size", "vision_finish_steps", "image_size")] == [32, 1, 64]
     assert recipe["recipe"]["language_box_marker"] is True  # the default: box regions carry the marker
     assert recipe["recipe"]["stage2_steps"] == 3 and set(recipe["conversations"]) == {
         "classification", "caption", "relation", "rec", "pope"}

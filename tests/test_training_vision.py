@@ -25,6 +25,7 @@ from bench.training.vision import (
     presence_loss,
     presence_targets,
     pretrain_vision_tower,
+    resize_positions,
 )
 
 SIDE, PATCH = 32, 8
@@ -40,10 +41,10 @@ def _examples(root: Path):
                                  lambda regions, w, h: region_masks(regions, w, h, SIDE), SIDE // PATCH)
 
 
-def _tower(seed: int = 0) -> CLIPVisionModel:
+def _tower(seed: int = 0, side: int = SIDE) -> CLIPVisionModel:
     torch.manual_seed(seed)
     return CLIPVisionModel(CLIPVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-                                            num_attention_heads=2, patch_size=PATCH, image_size=SIDE))
+                                            num_attention_heads=2, patch_size=PATCH, image_size=side))
 
 
 def test_dense_targets_by_hand() -> None:
@@ -169,3 +170,33 @@ def test_sincos_positions_encode_the_grid() -> None:
             assert torch.isclose(row[0], torch.tensor(float(x)).sin())
             assert torch.isclose(row[8], torch.tensor(float(y)).sin())
     assert tower.embeddings.position_embedding.weight.requires_grad  # still learned
+
+
+def test_resize_positions_carries_a_tower_to_a_larger_grid() -> None:
+    small, large = _tower(0), _tower(1, side=2 * SIDE)  # 4x4 -> 8x8 patches
+    state = small.state_dict()
+    key = "embeddings.position_embedding.weight"
+    table = torch.zeros(17, 16)
+    table[0] = 5.0  # CLS
+    table[1:, 0] = torch.arange(4.0).repeat(4)  # channel 0: the column index x
+    table[1:, 1] = 3.0  # channel 1: constant
+    state[key] = table
+    resized = resize_positions(state, 8)
+    out = resized[key]
+    assert out.shape == (65, 16) and torch.equal(out[0], table[0])
+    grid = out[1:].reshape(8, 8, 16)
+    assert torch.allclose(grid[..., 1], torch.full((8, 8), 3.0))  # bicubic weights sum to 1
+    # Output column j samples source column j / 2 - 0.25 (align_corners=False). Column 3 samples
+    # 1.25: taps 0..3 at distances 1.25, 0.25, 0.75, 1.75 with PyTorch's cubic kernel (a = -0.75)
+    # weigh -0.105469, 0.878906, 0.261719, -0.035156, so the ramp gives 0.878906 + 2 * 0.261719
+    # - 3 * 0.035156 = 1.296875; column 4 (1.75) mirrors it: 0.261719 + 2 * 0.878906 - 3 * 0.105469.
+    assert torch.allclose(grid[:, 3, 0], torch.full((8,), 1.296875))
+    assert torch.allclose(grid[:, 4, 0], torch.full((8,), 1.703125))
+    assert torch.equal(resize_positions(state, 4)[key], table)  # same grid: untouched
+    large.load_state_dict(resized)  # strict: every other weight carries over as it is
+    assert torch.equal(large.state_dict()["encoder.layers.0.mlp.fc1.weight"],
+                       state["encoder.layers.0.mlp.fc1.weight"])
+    assert large(pixel_values=torch.zeros(1, 3, 2 * SIDE, 2 * SIDE)).last_hidden_state.shape == (1, 65, 16)
+    state[key] = torch.zeros(11, 16)
+    with pytest.raises(ValueError, match="not a square grid"):
+        resize_positions(state, 8)

@@ -38,7 +38,7 @@ from bench.training.runs import (
     stage0_tower,
     write_recipe,
 )
-from bench.training.vision import VisionRecipe, build_vision_examples, init_sincos_positions
+from bench.training.vision import VisionRecipe, build_vision_examples, init_sincos_positions, resize_positions
 
 RGPT_TINY = Path(__file__).resolve().parents[1] / "rgpt" / "checkpoints" / "tiny"
 LLM_PREFIXES = ("model.embed_tokens.", "model.layers.", "model.norm.", "lm_head.")
@@ -149,7 +149,8 @@ def _initial_tower(model: Any, recipe: Recipe) -> None:
     with safe_open(str(weights), framework="pt") as handle:
         state = {k.removeprefix("vision_tower."): handle.get_tensor(k) for k in handle.keys()  # noqa: SIM118
                  if k.startswith("vision_tower.")}
-    model.vision_tower.load_state_dict(state)
+    # RGPT's tower may run at another resolution than GPT4RoI's: its position table is resized.
+    model.vision_tower.load_state_dict(resize_positions(state, model.config.patch_grid))
 
 
 def train_tiny_gpt4roi(data_root: Path | None, out_dir: Path, recipe: Recipe = Recipe(), progress: bool = True,

@@ -131,13 +131,14 @@ def record_seconds(out_dir: Path, started: float) -> None:
 
 def stage0_tower(tower: nn.Module, out_dir: Path, initialise: Callable[[], None],
                  build_examples: Callable[[], tuple[list[VisionExample], list[str]]], select_layer: int,
-                 recipe: VisionRecipe, progress: bool = True) -> None:
+                 recipe: VisionRecipe, progress: bool = True, subdir: str = VISION_DIR) -> None:
     """Load ``out_dir/vision/tower.safetensors`` if a previous call wrote it; else ``initialise()``,
     pre-train on ``build_examples()`` for ``recipe.steps`` steps (none: keep the initial tower) and
-    save. Either way the tower ends frozen, in eval mode, as CLIP is in the papers."""
+    save. Either way the tower ends frozen, in eval mode, as CLIP is in the papers. ``subdir``: the
+    folder under ``out_dir`` (``vision/start`` holds the low-resolution phase of RGPT's stage 0)."""
     from safetensors.torch import load_file, save_file
 
-    vision_dir = out_dir / VISION_DIR
+    vision_dir = out_dir / subdir
     tower_file = vision_dir / TOWER_FILE
     if tower_file.is_file():
         tower.load_state_dict(load_file(str(tower_file)))
