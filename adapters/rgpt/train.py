@@ -192,8 +192,9 @@ def stage0(model: Any, tokenizer: Any, data_root: Path, out_dir: Path, recipe: R
     """Stage 0 into ``out_dir/vision/``: ``recipe.vision_steps`` at ``recipe.vision_start_size``
     (saved in ``vision/start/``), then ``recipe.vision_finish_steps`` at ``recipe.image_size``;
     or all steps at ``image_size`` when the start size is None or not smaller."""
+    from transformers import CLIPVisionModel
+
     from adapters.rgpt.configuration_rgpt import RGPTConfig
-    from adapters.rgpt.modeling_rgpt import RGPTForCausalLM
     from adapters.rgpt.processing_rgpt import RGPTProcessor
 
     def phase(tower: Any, config: Any, initialise: Any, steps: int, lr: float, warmup: int,
@@ -214,15 +215,17 @@ def stage0(model: Any, tokenizer: Any, data_root: Path, out_dir: Path, recipe: R
         phase(model.vision_tower, config, lambda: init_sincos_positions(model.vision_tower), recipe.vision_steps,
               recipe.vision_lr, VisionRecipe.warmup_steps, VISION_DIR)
         return
-    start_config = RGPTConfig.from_dict(config.to_dict())
-    start_config.vision_config.image_size = start
-    start_tower = RGPTForCausalLM(start_config).vision_tower
 
-    def from_start() -> None:
+    def from_start() -> None:  # only when the finished tower is not saved yet
+        start_config = RGPTConfig.from_dict(config.to_dict())
+        start_config.vision_config.image_size = start
+        start_tower = CLIPVisionModel(start_config.vision_config)
         phase(start_tower, start_config, lambda: init_sincos_positions(start_tower), recipe.vision_steps,
               recipe.vision_lr, VisionRecipe.warmup_steps, f"{VISION_DIR}/start")
         model.vision_tower.load_state_dict(resize_positions(start_tower.state_dict(), config.patch_grid))
 
+    # Twice the usual warm-up: the finishing phase starts with fresh probe heads on a trained tower
+    # (the setting of run R, README).
     phase(model.vision_tower, config, from_start, recipe.vision_finish_steps, recipe.vision_finish_lr,
           2 * VisionRecipe.warmup_steps, VISION_DIR)
 
