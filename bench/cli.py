@@ -252,6 +252,10 @@ def train_rgpt(
              "KIND=STEPS or KIND+KIND=STEPS, comma-separated "
              "(default: none, the full mix from the start).")] = None,
     stage2_steps: Annotated[Optional[int], typer.Option(help="Stage 2 steps on the full mix (+ LLM).")] = None,
+    polish_steps: Annotated[Optional[int], typer.Option(
+        help="Steps of the closing polish stage (stage 2's parameters at --polish-lr, RefCOCOg's captions "
+             "weighted up; default 2400; 0: none). Added to a finished run's --out, it trains on from it.")] = None,
+    polish_lr: Annotated[Optional[float], typer.Option(help="Peak learning rate of the polish stage.")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Conversations per step.")] = None,
     image_size: Annotated[Optional[int], typer.Option(help="Input resolution of the tiny model.")] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar with the loss.")] = True,
@@ -264,6 +268,7 @@ def train_rgpt(
     from bench.evaluate import resolve_data_root
 
     overrides = {"seed": seed, "stage1_steps": stage1_steps, "stage2_steps": stage2_steps,
+                 "polish_steps": polish_steps, "polish_lr": polish_lr,
                  "batch_size": batch_size, "image_size": image_size,
                  "train_images": train_images, "vision_steps": vision_steps,
                  "vision_finish_steps": vision_finish_steps,

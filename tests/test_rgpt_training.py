@@ -26,7 +26,7 @@ def test_train_then_evaluate_tiny_rgpt(small_suite: Path, tmp_path: Path) -> Non
             "--language-description-weight", "0.5",
             "--contrast-weight", "0.5", "--contrast-temperature", "0.05", "--image-align-share", "0.2",
             "--stage1-steps", "2", "--curriculum", "classification=2,pope=1", "--stage2-steps", "3",
-            "--batch-size", "4",
+            "--polish-steps", "0", "--batch-size", "4",
             "--image-size", "64", "--no-progress"]
     trained = run_bench(*args)
     assert trained.returncode == 0, trained.stderr
@@ -83,6 +83,18 @@ def test_train_then_evaluate_tiny_rgpt(small_suite: Path, tmp_path: Path) -> Non
     message = " ".join(wrong.stderr.replace("│", " ").split())  # typer's box wraps lines
     assert wrong.returncode != 0 and "'shape': expected one of category, colour, all" in message
     assert not (tmp_path / "never").exists()
+
+    # The polish stage added to the finished run trains on from its weights (stages 0 to 2 are not redone).
+    polished = list(args)
+    polished[args.index("--polish-steps") + 1] = "2"
+    result = run_bench(*polished, "--polish-lr", "0.001")
+    assert result.returncode == 0, result.stderr
+    log = json.loads((out / "log.json").read_text())
+    assert [(r["stage"], r["step"]) for r in log][-4:] == [("stage2", 2), ("stage2", 3), ("polish", 1), ("polish", 2)]
+    assert max(r["lr"] for r in log if r["stage"] == "polish") == 0.001
+    recipe = json.loads((out / "recipe.json").read_text())["recipe"]
+    assert recipe["polish_steps"] == 2 and dict(recipe["polish_mix"])["caption:refcocog"] == 40000
+    assert any(not (load_file(str(out / "model.safetensors"))[k] == v).all() for k, v in weights.items())
 
     result = run_bench("run", "--model", "rgpt", "--model-args", f"pretrained={out}", "--task",
                        "pope-adversarial,coco-cls", "--data-root", str(small_suite), "--limit", "6",

@@ -149,6 +149,29 @@ def test_resume_by_running_stage_one_then_calling_again(tmp_path: Path) -> None:
     assert_same_weights(reference, resumed)
 
 
+def test_a_stage_appended_to_a_finished_run_trains_on_from_it(tmp_path: Path) -> None:
+    reference, reference_log = run(tmp_path / "reference")
+    out = tmp_path / "appended"
+    run(out, stages=STAGES[:1])  # a finished one-stage run ...
+    extended, log = run(out, Toy(seed=5))  # ... then the same call with a second stage
+    assert_same_weights(reference, extended)  # as if both stages had been asked for at once
+    assert [(r["stage"], r["step"], r["loss"]) for r in log] == [
+        (r["stage"], r["step"], r["loss"]) for r in reference_log]
+
+
+def test_appending_needs_the_earlier_stages_finished_and_unchanged(tmp_path: Path) -> None:
+    with pytest.raises(Stop):
+        run(tmp_path / "unfinished", stages=STAGES[:1], checkpoint_every=5, callback=interrupt_at("stage1", 7))
+    with pytest.raises(TrainingError, match=r"first finish its stages \(stage1\)"):
+        run(tmp_path / "unfinished")  # stage 1 stopped at step 5: appending is no resume
+    run(tmp_path / "changed", stages=STAGES[:1])
+    changed_first = Stage("stage1", ("head.",), steps=20, lr=0.04, batch_size=8, warmup_steps=3)
+    with pytest.raises(TrainingError, match="other stages"):
+        run(tmp_path / "changed", stages=(changed_first, STAGES[1]))
+    with pytest.raises(TrainingError, match="other stages"):
+        run(tmp_path / "changed", seed=1)
+
+
 def test_resume_directory_contents_and_final_save(tmp_path: Path) -> None:
     saved: list[Path] = []
 

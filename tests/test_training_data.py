@@ -226,6 +226,13 @@ def test_mix_reweights_deterministically(conversations: list[Conversation]) -> N
     for c in of_kind(mixed, "rec"):
         repeats[c.source] = repeats.get(c.source, 0) + 1
     assert len(repeats) == len(rec) and set(repeats.values()) == {1, 2}  # 5000 = 3428 + 1572
+    # One dataset's share of a kind: RefCOCOg's captions apart from Visual Genome's.
+    by_dataset = mix(conversations, {"caption:refcocog": 300, "caption:vg": 7}, seed=3)
+    assert [c.source.split(":")[0] for c in by_dataset] == ["refcocog"] * 300 + ["vg"] * 7
+    assert all(c.kind == "caption" for c in by_dataset)
+    assert mix(conversations, {"caption:refcocog": 300}, seed=3) == by_dataset[:300]
+    with pytest.raises(DataError, match="no caption:coco conversations"):
+        mix(conversations, {"caption:coco": 1})
     with pytest.raises(DataError, match="no nonsense conversations"):
         mix(conversations, {"nonsense": 1})  # a kind the data lacks: a user error naming it
     with pytest.raises(ValueError):

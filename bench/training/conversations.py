@@ -59,6 +59,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import zlib
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -180,16 +181,21 @@ def mix(conversations: Sequence[Conversation], counts: Mapping[str, int], seed: 
     """A re-weighted training set: exactly ``counts[kind]`` conversations of each kind named (kinds not
     named are dropped). A kind is repeated in whole seeded permutations, then a partial one, so every
     conversation appears ``n // len`` or ``n // len + 1`` times; the order of the result is kind by kind
-    (the trainer shuffles). Deterministic given ``seed``."""
+    (the trainer shuffles). Deterministic given ``seed``. A key ``kind:dataset`` takes that kind from
+    one dataset only (``caption:refcocog``, ``caption:vg``: the prefix of ``Conversation.source``)."""
     out: list[Conversation] = []
-    for kind, count in counts.items():
-        pool = [c for c in conversations if c.kind == kind]
+    for key, count in counts.items():
+        kind, _, source = key.partition(":")
+        pool = [c for c in conversations if c.kind == kind and (not source or c.source.startswith(source + ":"))]
         if count < 0:
-            raise ValueError(f"cannot take {count} {kind!r} conversations")
+            raise ValueError(f"cannot take {count} {key!r} conversations")
         if count and not pool:
-            raise DataError(f"the training data has no {kind} conversations, and the recipe's mix asks for "
-                            f"{count}; train on a data root that has them, or give {kind} no share of the mix")
-        rng = np.random.default_rng(np.random.SeedSequence([seed, _STREAMS["mix"], KINDS.index(kind)]))
+            raise DataError(f"the training data has no {key} conversations, and the recipe's mix asks for "
+                            f"{count}; train on a data root that has them, or give {key} no share of the mix")
+        stream = [seed, _STREAMS["mix"], KINDS.index(kind) if kind in KINDS else len(KINDS)]
+        if source:  # a kind from one dataset only ("caption:refcocog"): a stream of its own
+            stream.append(zlib.crc32(source.encode()))
+        rng = np.random.default_rng(np.random.SeedSequence(stream))
         while count > 0:
             order = rng.permutation(len(pool))[:count]
             out.extend(pool[int(i)] for i in order)

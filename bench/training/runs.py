@@ -39,7 +39,8 @@ HEADS_FILE = "heads.safetensors"
 
 def paper_stages(recipe: Any, connector: tuple[str, ...], llm: tuple[str, ...]) -> list[Stage]:
     """Both papers' two stages: (1) the vision-to-language parts (``connector`` prefixes) alone;
-    (2) those and the LLM (``llm`` prefixes). The vision tower is never trained here.
+    (2) those and the LLM (``llm`` prefixes). The vision tower is never trained here. A recipe with
+    ``polish_steps`` closes with a third stage, ``polish``, on the example set ``polish``.
 
     Stage 2 opens with ``recipe.curriculum``: ``(kind, steps)`` phases, each on one conversation
     kind alone or on a union of kinds such as ``classification+pope`` (stages ``stage2-<kind>``,
@@ -65,6 +66,10 @@ def paper_stages(recipe: Any, connector: tuple[str, ...], llm: tuple[str, ...]) 
                              warmup_steps=warmup(steps), weight_decay=0.01, data=kind))
     out.append(Stage("stage2", both, recipe.stage2_steps, recipe.stage2_lr, recipe.batch_size,
                      warmup_steps=warmup(recipe.stage2_steps), weight_decay=0.01))
+    polish_steps = getattr(recipe, "polish_steps", 0)
+    if polish_steps:  # the tiny RGPT's closing stage at a lower rate (adapters.rgpt.train.Recipe says why)
+        out.append(Stage("polish", both, polish_steps, recipe.polish_lr, recipe.batch_size,
+                         warmup_steps=warmup(polish_steps), weight_decay=0.01, data="polish"))
     return out
 
 

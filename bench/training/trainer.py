@@ -29,7 +29,8 @@ rename) with::
 Calling :func:`train` again with the same arguments finds ``resume/``, checks
 that the run signature (stage settings, number of examples, seed) matches, and
 continues from there; the final weights are the same as an uninterrupted
-run's. ``out_dir/log.json`` holds one record per step (stage, step, loss,
+run's. Stages appended to a finished run (same stages, examples and seed
+before them) train on from its final weights. ``out_dir/log.json`` holds one record per step (stage, step, loss,
 learning rate, gradient norm), rewritten at every checkpoint and at the end.
 """
 
@@ -304,10 +305,14 @@ def _load_resume(resume: Path, model: torch.nn.Module, signature: dict[str, Any]
     from safetensors.torch import load_model
 
     state = json.loads((resume / STATE_FILE).read_text(encoding="utf-8"))
-    if state.get("signature") != signature:
+    if state.get("signature") != signature and not _extends_finished_run(state, signature):
+        saved = [stage["name"] for stage in (state.get("signature") or {}).get("stages", [])]
+        appended = 0 < len(saved) < len(signature["stages"])
+        hint = (f"; stages are added only to a finished run: first finish its stages ({', '.join(saved)}) "
+                "with the same settings") if appended else ""
         raise TrainingError(
             f"{resume}: this checkpoint belongs to a run with other stages, examples or seed; "
-            "use another out_dir or delete the resume directory"
+            f"use another out_dir or delete the resume directory{hint}"
         )
     device = _device(model)
     load_model(model, resume / MODEL_FILE, strict=True, device=str(device))
@@ -319,6 +324,23 @@ def _load_resume(resume: Path, model: torch.nn.Module, signature: dict[str, Any]
     kind, keys, pos, has_gauss, cached = state["numpy_random"]
     np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
     return int(state["stage_index"]), int(state["step"])
+
+
+def _extends_finished_run(state: dict[str, Any], signature: dict[str, Any]) -> bool:
+    """Does ``signature`` only append stages to the run that ``state`` saw to its end?
+
+    Why: a stage added after a finished run (the tiny RGPT's polish stage) then trains from that
+    run's final weights, instead of the whole run being redone. The finished stages, the seed and
+    the example sets they drew from must be unchanged.
+    """
+    saved = state.get("signature") or {}
+    done, new = saved.get("stages", []), signature["stages"]
+    if not done or len(new) <= len(done) or new[:len(done)] != done or saved.get("seed") != signature["seed"]:
+        return False
+    if (state.get("stage_index"), state.get("step")) != (len(done) - 1, done[-1]["steps"]):
+        return False
+    sizes, new_sizes = saved.get("n_examples", {}), signature["n_examples"]
+    return all(new_sizes.get(stage["data"]) == sizes.get(stage["data"]) for stage in done)
 
 
 def _jsonable(value: Any) -> Any:
