@@ -93,7 +93,7 @@ def test_train_then_evaluate_tiny_rgpt(small_suite: Path, tmp_path: Path) -> Non
     assert [(r["stage"], r["step"]) for r in log][-4:] == [("stage2", 2), ("stage2", 3), ("polish", 1), ("polish", 2)]
     assert max(r["lr"] for r in log if r["stage"] == "polish") == 0.001
     recipe = json.loads((out / "recipe.json").read_text())["recipe"]
-    assert recipe["polish_steps"] == 2 and dict(recipe["polish_mix"])["caption:refcocog"] == 40000
+    assert recipe["polish_steps"] == 2 and dict(recipe["polish_mix"])["caption:refcocog"] == 20000
     assert any(not (load_file(str(out / "model.safetensors"))[k] == v).all() for k, v in weights.items())
 
     result = run_bench("run", "--model", "rgpt", "--model-args", f"pretrained={out}", "--task",
@@ -103,3 +103,16 @@ def test_train_then_evaluate_tiny_rgpt(small_suite: Path, tmp_path: Path) -> Non
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert results["n_samples"] == {"pope-adversarial": 6, "coco-cls": 6}
     assert "ll_accuracy" in results["results"]["coco-cls"]  # the model scores continuations
+
+
+def test_later_stages_may_draw_conversations_outside_the_stage_two_mix(small_suite: Path, tmp_path: Path) -> None:
+    """The curriculum and the polish stage draw from beyond the stage-2 mix; the alignment needs their words too."""
+    from adapters.rgpt.train import Recipe, train_tiny_rgpt
+
+    recipe = Recipe(vision_steps=1, vision_start_size=None, language_easy_steps=0, language_steps=1,
+                    language_cycles=1, stage1_steps=1, curriculum=(("pope", 1),), stage2_steps=1, batch_size=2,
+                    image_size=64, mix=(("classification", 2),), polish_steps=2,
+                    polish_mix=(("caption:refcocog", 3), ("rec", 2)))
+    out = train_tiny_rgpt(small_suite, tmp_path / "ckpt", recipe, progress=False)
+    log = json.loads((out / "log.json").read_text())
+    assert [r["stage"] for r in log] == ["stage1", "stage2-pope", "stage2", "polish", "polish"]

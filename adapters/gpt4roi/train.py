@@ -194,14 +194,15 @@ def train_tiny_gpt4roi(data_root: Path | None, out_dir: Path, recipe: Recipe = R
         states, sizes = precompute_states(model, processor, {c.image.key: c.image for c in base})
         return CachedCollate(processor, states, sizes)
 
+    phases = [kind for kind, _ in recipe.curriculum]
+    sets = example_sets(base, examples, phases)
     trained, collate, prefix = language_then_alignment(model, processor, examples, data_root, out_dir, recipe,
                                                        cached_collate, config.patch_grid, llm_prefixes=LLM_PREFIXES,
-                                                       square=False, progress=progress)
+                                                       square=False, progress=progress,
+                                                       later=[c for name in phases for c in sets[name]])
 
     def save(_: torch.nn.Module, directory: Path) -> None:
         model.save_pretrained(directory, tokenizer=tokenizer)  # the model alone, without any wrapper
-
-    sets = example_sets(base, examples, [kind for kind, _ in recipe.curriculum])
     train(trained, sets, collate, stages(recipe, prefix), out_dir, seed=recipe.seed, save_model=save,
           progress=progress)
     record_seconds(out_dir, started)

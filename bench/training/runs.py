@@ -163,7 +163,7 @@ def stage0_tower(tower: nn.Module, out_dir: Path, initialise: Callable[[], None]
 def language_then_alignment(model: nn.Module, processor: Any, examples: Sequence[Any], data_root: Path,
                             out_dir: Path, recipe: Any, make_collate: Callable[[], Any], grid: int,
                             llm_prefixes: Sequence[str] = ("llm.",), square: bool = True,
-                            progress: bool = True) -> tuple[nn.Module, Any, str]:
+                            progress: bool = True, later: Sequence[Any] = ()) -> tuple[nn.Module, Any, str]:
     """Stage L when ``recipe`` has steps for it (:func:`stage_language`), then what stages 1 and
     2 train: ``model`` with ``make_collate()``, or after stage L and with a non-zero weight for
     any of the alignment terms, the :class:`bench.training.alignment.AlignedLM` around it with its collate. Returns
@@ -177,7 +177,9 @@ def language_then_alignment(model: nn.Module, processor: Any, examples: Sequence
     ``batch_size``, ``seed``); ``grid``: the image-token grid's side; ``square``: whether the
     model pads images to a square (RGPT) or stretches them (GPT4RoI); ``llm_prefixes``: the
     LLM's parameter names in ``model``. The training images' objects are read and verbalized
-    once, for both stage L and the alignment."""
+    once, for both stage L and the alignment. ``later``: conversations that later stages draw
+    beyond ``examples`` (curriculum phases, the polish mix); stage L does not train on them, but
+    the alignment needs their words too."""
     from bench.training.alignment import verbal_training
     from bench.training.language import (
         AuxiliaryHeads,
@@ -195,7 +197,7 @@ def language_then_alignment(model: nn.Module, processor: Any, examples: Sequence
     # the region placeholder's own token (its embedding row is never an input otherwise)
     marker = processor.tokenizer.convert_ids_to_tokens(model.config.region_token_id) \
         if recipe.language_box_marker else None
-    verbals = verbalize_all(examples, scene_objects(data_root, "train"), grid, square, marker,
+    verbals = verbalize_all([*examples, *later], scene_objects(data_root, "train"), grid, square, marker,
                             recipe.language_cell_detail)
     language = LanguageRecipe(steps=recipe.language_steps, easy_steps=recipe.language_easy_steps,
                               cycles=recipe.language_cycles, lr=recipe.language_lr, batch_size=recipe.batch_size,
