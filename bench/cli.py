@@ -254,7 +254,7 @@ def train_rgpt(
     stage2_steps: Annotated[Optional[int], typer.Option(help="Stage 2 steps on the full mix (+ LLM).")] = None,
     polish_steps: Annotated[Optional[int], typer.Option(
         help="Steps of the closing polish stage (stage 2's parameters at --polish-lr, RefCOCOg's captions "
-             "weighted up; default 1200; 0: none). On a run finished with 0, it trains on from that run.")] = None,
+             "weighted up; default 0: none; README, runs U to W). On a finished run, it trains on from it.")] = None,
     polish_lr: Annotated[Optional[float], typer.Option(help="Peak learning rate of the polish stage.")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Conversations per step.")] = None,
     image_size: Annotated[Optional[int], typer.Option(help="Input resolution of the tiny model.")] = None,

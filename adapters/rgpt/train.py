@@ -122,11 +122,10 @@ class Recipe:
     )
     # Stage "polish": stage 2's parameters, a quarter of its rate, on a mix led by RefCOCOg's captions.
     # Why: which description a RefCOCOg reference chooses ("the ring" when no other ring is there,
-    # "the red ring" when one is) is what kept refcocog-cap's CIDEr low; after stage 2 the same
-    # parameters at a lower rate, with RefCOCOg's captions weighted up, raised every score (README,
-    # run T). 0: no polish stage.
-    # 1200 steps did as well as 2400 (runs P and Q).
-    polish_steps: int = 1200
+    # "the red ring" when one is) is what keeps refcocog-cap's CIDEr low. Off by default (0): on run S,
+    # 1200 steps without the alignment terms raised every score (README, run U; 2400 steps, run V,
+    # no better), but with them, as this stage trains, vg-cap's CIDEr fell from 296 to 249 (run W).
+    polish_steps: int = 0
     polish_lr: float = 5e-4
     polish_mix: tuple[tuple[str, int], ...] = (
         ("classification", 4000), ("caption:refcocog", 20000), ("caption:vg", 6000), ("relation", 2000),
