@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 
 from bench.errors import DataError
-from bench.training.runs import example_sets, paper_stages, parse_curriculum
+from bench.training.runs import drawn_beyond_mix, example_sets, paper_stages, parse_curriculum
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,3 +71,10 @@ def test_parse_curriculum() -> None:
             parse_curriculum(bad)
     with pytest.raises(ValueError, match="pope already has a phase"):
         parse_curriculum("pope=2,rec=1,pope=3")  # two stages named stage2-pope would clash
+
+
+def test_drawn_beyond_mix_is_what_stages_other_than_the_mix_draw_from() -> None:
+    sets = {"all": ["m1", "m2"], "classification": ["c1", "c2"], "rec": ["r1"], "pope": ["p1"], "polish": ["x1"]}
+    stages = paper_stages(_PolishedRecipe(), ("c.",), ("l.",))  # curriculum classification and rec, then polish
+    assert drawn_beyond_mix(sets, stages) == ["c1", "c2", "r1", "x1"]  # not the mix, not the unused pope
+    assert drawn_beyond_mix(sets, paper_stages(_Recipe(curriculum=()), ("c.",), ("l.",))) == []

@@ -31,6 +31,7 @@ import torch
 
 from bench.training import Conversation, Stage, all_texts, build_conversations, mix, train
 from bench.training.runs import (
+    drawn_beyond_mix,
     example_sets,
     language_then_alignment,
     paper_stages,
@@ -194,12 +195,11 @@ def train_tiny_gpt4roi(data_root: Path | None, out_dir: Path, recipe: Recipe = R
         states, sizes = precompute_states(model, processor, {c.image.key: c.image for c in base})
         return CachedCollate(processor, states, sizes)
 
-    phases = [kind for kind, _ in recipe.curriculum]
-    sets = example_sets(base, examples, phases)
+    sets = example_sets(base, examples, [kind for kind, _ in recipe.curriculum])
     trained, collate, prefix = language_then_alignment(model, processor, examples, data_root, out_dir, recipe,
                                                        cached_collate, config.patch_grid, llm_prefixes=LLM_PREFIXES,
                                                        square=False, progress=progress,
-                                                       later=[c for name in phases for c in sets[name]])
+                                                       later=drawn_beyond_mix(sets, stages(recipe)))
 
     def save(_: torch.nn.Module, directory: Path) -> None:
         model.save_pretrained(directory, tokenizer=tokenizer)  # the model alone, without any wrapper

@@ -38,6 +38,7 @@ import torch
 from bench.training import Conversation, Stage, all_texts, build_conversations, mix, train
 from bench.training.runs import (
     VISION_DIR,
+    drawn_beyond_mix,
     example_sets,
     language_then_alignment,
     paper_stages,
@@ -275,10 +276,9 @@ def train_tiny_rgpt(data_root: Path | None, out_dir: Path, recipe: Recipe = Reci
     sets = example_sets(base, examples, [kind for kind, _ in recipe.curriculum])
     if recipe.polish_steps:
         sets["polish"] = mix(base, dict(recipe.polish_mix), seed=recipe.seed)
-    later = [sets[name] for name in [kind for kind, _ in recipe.curriculum] + ["polish"] if name in sets]
     trained, collate, prefix = language_then_alignment(model, processor, examples, data_root, out_dir, recipe,
                                                        cached_collate, config.image_token_grid, progress=progress,
-                                                       later=[c for chosen in later for c in chosen])
+                                                       later=drawn_beyond_mix(sets, stages(recipe)))
 
     def save(_: torch.nn.Module, directory: Path) -> None:
         model.save_pretrained(directory, tokenizer=tokenizer)  # the model alone, without any wrapper

@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -114,6 +114,13 @@ def example_sets(conversations: Sequence[Any], examples: Sequence[Any],
             raise DataError(f"curriculum phase {name!r}: the training data has no {name} conversations; "
                             "leave that phase out of --curriculum (or add the data it needs)")
     return sets
+
+
+def drawn_beyond_mix(sets: Mapping[str, Sequence[Any]], stages: Sequence[Stage]) -> list[Any]:
+    """The conversations ``stages`` draw from sets other than ``"all"`` (curriculum phases, the
+    polish mix), for :func:`language_then_alignment`'s ``later``."""
+    names = dict.fromkeys(stage.data for stage in stages if stage.data != "all")
+    return [c for name in names for c in sets[name]]
 
 
 def write_recipe(out_dir: Path, recipe: Any, data_root: Path, conversations: Sequence[Any],

@@ -30,8 +30,9 @@ Calling :func:`train` again with the same arguments finds ``resume/``, checks
 that the run signature (stage settings, number of examples, seed) matches, and
 continues from there; the final weights are the same as an uninterrupted
 run's. Stages appended to a finished run (same stages, examples and seed
-before them) train on from its final weights. ``out_dir/log.json`` holds one record per step (stage, step, loss,
-learning rate, gradient norm), rewritten at every checkpoint and at the end.
+before them) train on from its final weights. ``out_dir/log.json`` holds one
+record per step (stage, step, loss, learning rate, gradient norm), rewritten
+at every checkpoint and at the end.
 """
 
 from __future__ import annotations
@@ -306,9 +307,10 @@ def _load_resume(resume: Path, model: torch.nn.Module, signature: dict[str, Any]
 
     state = json.loads((resume / STATE_FILE).read_text(encoding="utf-8"))
     if state.get("signature") != signature and not _extends_finished_run(state, signature):
-        saved = [stage["name"] for stage in (state.get("signature") or {}).get("stages", [])]
-        appended = 0 < len(saved) < len(signature["stages"])
-        hint = (f"; stages are added only to a finished run: first finish its stages ({', '.join(saved)}) "
+        saved = (state.get("signature") or {}).get("stages", [])
+        appended = 0 < len(saved) < len(signature["stages"]) and signature["stages"][:len(saved)] == saved
+        names = ", ".join(stage["name"] for stage in saved)
+        hint = (f"; stages are added only to a finished run: first finish its stages ({names}) "
                 "with the same settings") if appended else ""
         raise TrainingError(
             f"{resume}: this checkpoint belongs to a run with other stages, examples or seed; "
