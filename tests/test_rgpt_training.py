@@ -84,17 +84,27 @@ def test_train_then_evaluate_tiny_rgpt(small_suite: Path, tmp_path: Path) -> Non
     assert wrong.returncode != 0 and "'shape': expected one of category, colour, all" in message
     assert not (tmp_path / "never").exists()
 
-    # The polish stage added to the finished run trains on from its weights (stages 0 to 2 are not redone).
+    # The polish stage added to the finished run trains on from its weights (stages 0 to 2 are not
+    # redone), on the bare model, with its own log and resume in polish/.
     polished = list(args)
     polished[args.index("--polish-steps") + 1] = "2"
     result = run_bench(*polished, "--polish-lr", "0.001")
     assert result.returncode == 0, result.stderr
-    log = json.loads((out / "log.json").read_text())
-    assert [(r["stage"], r["step"]) for r in log][-4:] == [("stage2", 2), ("stage2", 3), ("polish", 1), ("polish", 2)]
-    assert max(r["lr"] for r in log if r["stage"] == "polish") == 0.001
+    assert json.loads((out / "log.json").read_text()) == log  # stages 1 and 2 untouched
+    polish_log = json.loads((out / "polish" / "log.json").read_text())
+    assert [(r["stage"], r["step"]) for r in polish_log] == [("polish", 1), ("polish", 2)]
+    assert max(r["lr"] for r in polish_log) == 0.001
+    assert not any(k.startswith(("model.", "heads.")) for k in load_file(str(out / "polish" / "resume" /
+                                                                             "model.safetensors")))
     recipe = json.loads((out / "recipe.json").read_text())["recipe"]
     assert recipe["polish_steps"] == 2 and dict(recipe["polish_mix"])["caption:refcocog"] == 20000
-    assert any(not (load_file(str(out / "model.safetensors"))[k] == v).all() for k, v in weights.items())
+    polished_weights = load_file(str(out / "model.safetensors"))
+    assert any(not (polished_weights[k] == v).all() for k, v in weights.items())
+    # The polish stage trains refinement, connector and LLM; the tower stays the frozen stage-0 one.
+    assert all((polished_weights[f"vision_tower.{k}"] == v).all() for k, v in tower.items())
+    # Re-running the polished run resumes it: the checkpoint stays the polished one.
+    assert run_bench(*polished, "--polish-lr", "0.001").returncode == 0
+    assert all((load_file(str(out / "model.safetensors"))[k] == v).all() for k, v in polished_weights.items())
 
     result = run_bench("run", "--model", "rgpt", "--model-args", f"pretrained={out}", "--task",
                        "pope-adversarial,coco-cls", "--data-root", str(small_suite), "--limit", "6",
@@ -106,7 +116,8 @@ def test_train_then_evaluate_tiny_rgpt(small_suite: Path, tmp_path: Path) -> Non
 
 
 def test_later_stages_may_draw_conversations_outside_the_stage_two_mix(small_suite: Path, tmp_path: Path) -> None:
-    """The curriculum and the polish stage draw from beyond the stage-2 mix; the alignment needs their words too."""
+    """The curriculum draws from beyond the stage-2 mix (the alignment needs its words too), and so
+    does the polish stage (which trains the bare model: no words needed)."""
     from adapters.rgpt.train import Recipe, train_tiny_rgpt
 
     recipe = Recipe(vision_steps=1, vision_start_size=None, language_easy_steps=0, language_steps=1,
@@ -115,4 +126,16 @@ def test_later_stages_may_draw_conversations_outside_the_stage_two_mix(small_sui
                     polish_mix=(("caption:refcocog", 3), ("rec", 2)))
     out = train_tiny_rgpt(small_suite, tmp_path / "ckpt", recipe, progress=False)
     log = json.loads((out / "log.json").read_text())
-    assert [r["stage"] for r in log] == ["stage1", "stage2-pope", "stage2", "polish", "polish"]
+    assert [r["stage"] for r in log] == ["stage1", "stage2-pope", "stage2"]
+    assert [r["stage"] for r in json.loads((out / "polish" / "log.json").read_text())] == ["polish", "polish"]
+
+
+def test_the_polish_stage_trains_what_stage_two_trains_at_its_own_rate() -> None:
+    from adapters.rgpt.train import Recipe, polish_stage, stages
+
+    recipe = Recipe(polish_steps=12, polish_lr=5e-4, warmup_steps=100)
+    stage = polish_stage(recipe)
+    assert (stage.name, stage.data, stage.steps, stage.lr, stage.warmup_steps, stage.weight_decay) == (
+        "polish", "polish", 12, 5e-4, 6, 0.01)  # warm-up at most half the stage
+    assert stage.trainable == stages(recipe)[-1].trainable == ("refinement.", "connector.", "llm.")
+    assert [s.name for s in stages(recipe)] == ["stage1", "stage2"]  # not part of the paper's plan

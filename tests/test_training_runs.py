@@ -34,20 +34,6 @@ def test_curriculum_phases_open_stage_two_each_on_its_own_kind() -> None:
     assert [s.name for s in paper_stages(_Recipe(curriculum=()), ("c.",), ("l.",))] == ["stage1", "stage2"]
 
 
-@dataclasses.dataclass(frozen=True)
-class _PolishedRecipe(_Recipe):
-    polish_steps: int = 12
-    polish_lr: float = 5e-4
-
-
-def test_a_polish_stage_closes_the_plan_when_the_recipe_asks_for_one() -> None:
-    stages = paper_stages(_PolishedRecipe(curriculum=()), ("connector.",), ("llm.",))
-    assert [(s.name, s.data, s.steps, s.lr, s.warmup_steps) for s in stages] == [
-        ("stage1", "all", 10, 1e-3, 5), ("stage2", "all", 30, 2e-3, 8), ("polish", "polish", 12, 5e-4, 6)]
-    assert stages[2].trainable == ("connector.", "llm.") and stages[2].weight_decay == 0.01
-    assert [s.name for s in paper_stages(_PolishedRecipe(polish_steps=0), ("c.",), ("l.",))][-1] == "stage2"
-
-
 def test_example_sets_hold_every_conversation_of_each_kind() -> None:
     base = [SimpleNamespace(kind=k) for k in ("pope", "rec", "pope", "classification")]
     mixed = base[:2]
@@ -74,7 +60,7 @@ def test_parse_curriculum() -> None:
 
 
 def test_drawn_beyond_mix_is_what_stages_other_than_the_mix_draw_from() -> None:
-    sets = {"all": ["m1", "m2"], "classification": ["c1", "c2"], "rec": ["r1"], "pope": ["p1"], "polish": ["x1"]}
-    stages = paper_stages(_PolishedRecipe(), ("c.",), ("l.",))  # curriculum classification and rec, then polish
-    assert drawn_beyond_mix(sets, stages) == ["c1", "c2", "r1", "x1"]  # not the mix, not the unused pope
+    sets = {"all": ["m1", "m2"], "classification": ["c1", "c2"], "rec": ["r1"], "pope": ["p1"]}
+    stages = paper_stages(_Recipe(), ("c.",), ("l.",))  # curriculum phases classification and rec
+    assert drawn_beyond_mix(sets, stages) == ["c1", "c2", "r1"]  # not the mix, not the unused pope
     assert drawn_beyond_mix(sets, paper_stages(_Recipe(curriculum=()), ("c.",), ("l.",))) == []

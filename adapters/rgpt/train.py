@@ -37,6 +37,7 @@ import torch
 
 from bench.training import Conversation, Stage, all_texts, build_conversations, mix, train
 from bench.training.runs import (
+    POLISH_DIR,
     VISION_DIR,
     drawn_beyond_mix,
     example_sets,
@@ -121,11 +122,12 @@ class Recipe:
     mix: tuple[tuple[str, int], ...] = (
         ("classification", 12000), ("caption", 24000), ("relation", 6000), ("rec", 20000), ("pope", 24000),
     )
-    # Stage "polish": stage 2's parameters, a quarter of its rate, on a mix led by RefCOCOg's captions.
-    # Why: which description a RefCOCOg reference chooses ("the ring" when no other ring is there,
-    # "the red ring" when one is) is what keeps refcocog-cap's CIDEr low. Off by default (0): on run S,
-    # 1200 steps without the alignment terms raised every score (README, run U; 2400 steps, run V,
-    # no better), but with them, as this stage trains, vg-cap's CIDEr fell from 296 to 249 (run W).
+    # Stage "polish": stage 2's parameters, a quarter of its rate, on a mix led by RefCOCOg's captions,
+    # on the bare model (no alignment terms; its own directory, polish/). Why: which description a
+    # RefCOCOg reference chooses ("the ring" when no other ring is there, "the red ring" when one is)
+    # is what keeps refcocog-cap's CIDEr low. On run S, 1200 such steps raised every score (README,
+    # run U; 2400 steps, run V, no better); with the alignment terms on, vg-cap's CIDEr fell from 296
+    # to 249 instead (run W). Off by default (0) until a run from scratch has measured it.
     polish_steps: int = 0
     polish_lr: float = 5e-4
     polish_mix: tuple[tuple[str, int], ...] = (
@@ -135,11 +137,18 @@ class Recipe:
 
 
 def stages(recipe: Recipe, prefix: str = "") -> list[Stage]:
-    """The paper's two stages: (1) refinement + connector; (2) + the LLM (:func:`bench.training.runs.paper_stages`),
-    then the polish stage (``Recipe.polish_steps``). CLIP is never trained here.
-    ``prefix``: where the model's parameters sit in the trained module (``model.`` in an
-    :class:`bench.training.alignment.AlignedLM`)."""
+    """The paper's two stages: (1) refinement + connector; (2) + the LLM (:func:`bench.training.runs.paper_stages`).
+    CLIP is never trained here. ``prefix``: where the model's parameters sit in the trained module
+    (``model.`` in an :class:`bench.training.alignment.AlignedLM`)."""
     return paper_stages(recipe, (f"{prefix}refinement.", f"{prefix}connector."), (f"{prefix}llm.",))
+
+
+def polish_stage(recipe: Recipe) -> Stage:
+    """The closing polish stage (``Recipe.polish_steps``): what stage 2 trains, on the bare model,
+    at ``Recipe.polish_lr``, drawing from the example set ``polish`` (``Recipe.polish_mix``)."""
+    return Stage("polish", ("refinement.", "connector.", "llm."), recipe.polish_steps, recipe.polish_lr,
+                 recipe.batch_size, warmup_steps=min(recipe.warmup_steps, recipe.polish_steps // 2),
+                 weight_decay=0.01, data="polish")
 
 
 class CachedCollate:
@@ -269,20 +278,29 @@ def train_tiny_rgpt(data_root: Path | None, out_dir: Path, recipe: Recipe = Reci
 
     # Stage L: the tiny LLM's stand-in for language pre-training, text only (vision tokens as words);
     # then stages 1 and 2 keep the vision tokens close to its words (bench.training.alignment).
+    plain: list[CachedCollate] = []  # built once: stages 1 and 2 and the polish stage share the grids
+
     def cached_collate() -> CachedCollate:
-        grids, sizes = precompute_grids(model, processor, {c.image.key: c.image for c in base})
-        return CachedCollate(processor, grids, sizes, config.refined_grid)
+        if not plain:
+            grids, sizes = precompute_grids(model, processor, {c.image.key: c.image for c in base})
+            plain.append(CachedCollate(processor, grids, sizes, config.refined_grid))
+        return plain[0]
 
     sets = example_sets(base, examples, [kind for kind, _ in recipe.curriculum])
-    if recipe.polish_steps:
-        sets["polish"] = mix(base, dict(recipe.polish_mix), seed=recipe.seed)
     trained, collate, prefix = language_then_alignment(model, processor, examples, data_root, out_dir, recipe,
                                                        cached_collate, config.image_token_grid, progress=progress,
                                                        later=drawn_beyond_mix(sets, stages(recipe)))
 
     def save(_: torch.nn.Module, directory: Path) -> None:
-        model.save_pretrained(directory, tokenizer=tokenizer)  # the model alone, without any wrapper
-    train(trained, sets, collate, stages(recipe, prefix), out_dir, seed=recipe.seed, save_model=save,
-          progress=progress)
+        model.save_pretrained(out_dir, tokenizer=tokenizer)  # the model alone, without any wrapper
+    # With a polish stage, out_dir's checkpoint is the polished model (written once it is done).
+    train(trained, sets, collate, stages(recipe, prefix), out_dir, seed=recipe.seed,
+          save_model=None if recipe.polish_steps else save, progress=progress)
+    if recipe.polish_steps:
+        # The bare model with the plain collate, in polish/ (its own log and resume): a polish stage
+        # added to a finished run trains on from its final weights, stages 1 and 2 untouched.
+        polish_set = {"polish": mix(base, dict(recipe.polish_mix), seed=recipe.seed)}
+        train(model, polish_set, cached_collate(), [polish_stage(recipe)], out_dir / POLISH_DIR,
+              seed=recipe.seed, save_model=save, progress=progress)
     record_seconds(out_dir, started)
     return out_dir

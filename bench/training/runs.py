@@ -35,12 +35,12 @@ TOWER_FILE = "tower.safetensors"
 LANGUAGE_DIR = "language"
 LLM_FILE = "llm.safetensors"
 HEADS_FILE = "heads.safetensors"
+POLISH_DIR = "polish"
 
 
 def paper_stages(recipe: Any, connector: tuple[str, ...], llm: tuple[str, ...]) -> list[Stage]:
     """Both papers' two stages: (1) the vision-to-language parts (``connector`` prefixes) alone;
-    (2) those and the LLM (``llm`` prefixes). The vision tower is never trained here. A recipe with
-    ``polish_steps`` closes with a third stage, ``polish``, on the example set ``polish``.
+    (2) those and the LLM (``llm`` prefixes). The vision tower is never trained here.
 
     Stage 2 opens with ``recipe.curriculum``: ``(kind, steps)`` phases, each on one conversation
     kind alone or on a union of kinds such as ``classification+pope`` (stages ``stage2-<kind>``,
@@ -66,10 +66,6 @@ def paper_stages(recipe: Any, connector: tuple[str, ...], llm: tuple[str, ...]) 
                              warmup_steps=warmup(steps), weight_decay=0.01, data=kind))
     out.append(Stage("stage2", both, recipe.stage2_steps, recipe.stage2_lr, recipe.batch_size,
                      warmup_steps=warmup(recipe.stage2_steps), weight_decay=0.01))
-    polish_steps = getattr(recipe, "polish_steps", 0)
-    if polish_steps:  # the tiny RGPT's closing stage at a lower rate (adapters.rgpt.train.Recipe says why)
-        out.append(Stage("polish", both, polish_steps, recipe.polish_lr, recipe.batch_size,
-                         warmup_steps=warmup(polish_steps), weight_decay=0.01, data="polish"))
     return out
 
 
@@ -117,8 +113,8 @@ def example_sets(conversations: Sequence[Any], examples: Sequence[Any],
 
 
 def drawn_beyond_mix(sets: Mapping[str, Sequence[Any]], stages: Sequence[Stage]) -> list[Any]:
-    """The conversations ``stages`` draw from sets other than ``"all"`` (curriculum phases, the
-    polish mix), for :func:`language_then_alignment`'s ``later``."""
+    """The conversations ``stages`` draw from sets other than ``"all"`` (curriculum phases),
+    for :func:`language_then_alignment`'s ``later``."""
     names = dict.fromkeys(stage.data for stage in stages if stage.data != "all")
     return [c for name in names for c in sets[name]]
 
@@ -185,7 +181,7 @@ def language_then_alignment(model: nn.Module, processor: Any, examples: Sequence
     model pads images to a square (RGPT) or stretches them (GPT4RoI); ``llm_prefixes``: the
     LLM's parameter names in ``model``. The training images' objects are read and verbalized
     once, for both stage L and the alignment. ``later``: conversations that later stages draw
-    beyond ``examples`` (curriculum phases, the polish mix); stage L does not train on them, but
+    beyond ``examples`` (curriculum phases); stage L does not train on them, but
     the alignment needs their words too."""
     from bench.training.alignment import verbal_training
     from bench.training.language import (

@@ -331,8 +331,8 @@ def _load_resume(resume: Path, model: torch.nn.Module, signature: dict[str, Any]
 def _extends_finished_run(state: dict[str, Any], signature: dict[str, Any]) -> bool:
     """Does ``signature`` only append stages to the run that ``state`` saw to its end?
 
-    Why: a stage added after a finished run (the tiny RGPT's polish stage) then trains from that
-    run's final weights, instead of the whole run being redone. The finished stages, the seed and
+    Why: a stage appended to the plan of a finished run then trains from that run's final
+    weights, instead of the whole run being redone. The finished stages, the seed and
     the example sets they drew from must be unchanged.
     """
     saved = state.get("signature") or {}
