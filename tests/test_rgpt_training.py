@@ -67,7 +67,7 @@ def test_train_then_evaluate_tiny_rgpt(small_suite: Path, tmp_path: Path) -> Non
     assert [recipe["recipe"][k] for k in ("vision_start_size", "vision_finish_steps", "image_size")] == [32, 1, 64]
     assert recipe["recipe"]["language_box_marker"] is True  # the default: box regions carry the marker
     assert recipe["recipe"]["stage2_steps"] == 3 and set(recipe["conversations"]) == {
-        "classification", "caption", "relation", "rec", "pope"}
+        "classification", "caption", "relation", "rec", "pope", "uniqueness"}
 
     # The same command again finds the finished run and only re-saves: weights unchanged.
     again = run_bench(*args)

@@ -272,3 +272,19 @@ def test_non_finite_loss_stops(tmp_path: Path) -> None:
     with pytest.raises(TrainingError, match="loss"):
         train(Toy(), examples, collate, (Stage("s", ("head.",), steps=20, lr=0.1, batch_size=64),), tmp_path,
               progress=False)
+
+
+def test_a_set_no_stage_draws_from_may_change_between_calls(tmp_path: Path) -> None:
+    """A resumed run stays the same run when only an unused example set changed (a new conversation
+    kind in the data); a change in a set a stage draws from is refused."""
+    examples = make_examples()
+    stages = STAGES[1:]  # draws from "all"
+    reference = train(Toy(), {"all": examples}, collate, stages, tmp_path / "reference", progress=False)
+    out = tmp_path / "run"
+    with pytest.raises(Stop):
+        train(Toy(), {"all": examples, "extra": examples[:3]}, collate, stages, out, progress=False,
+              checkpoint_every=5, callback=interrupt_at(stages[0].name, 7))
+    resumed = train(Toy(), {"all": examples, "extra": examples[:9]}, collate, stages, out, progress=False)
+    assert [r["loss"] for r in resumed] == [r["loss"] for r in reference]
+    with pytest.raises(TrainingError, match="other stages, examples or seed"):
+        train(Toy(), {"all": examples[:40]}, collate, stages, out, progress=False)

@@ -197,6 +197,44 @@ def test_relations_are_true(conversations: list[Conversation]) -> None:
     assert kinds["what"] > 100 and kinds["yes/no"] > 100
 
 
+def test_uniqueness_answers_agree_with_the_suites_own_expressions(root: Path,
+                                                                 conversations: list[Conversation]) -> None:
+    """The words a RefCOCOg expression of the suite chooses are the first of category, colour and size
+    that makes its object the only one: exactly what the uniqueness questions answer."""
+    from bench.synthetic.vocab import COLOUR_NAMES, RELATION_PHRASES, SIZE_WORDS
+
+    answers: dict[int, dict[str, str]] = {}
+    for c in of_kind(conversations, "uniqueness"):
+        (user, answer), = c.turns
+        assert re.fullmatch(r"Is <region1> the only [a-z -]+ in the image\?", user) and answer in ("Yes", "No")
+        _, ann_id, variant = c.source.split(":")
+        answers.setdefault(int(ann_id), {})[variant] = answer
+    data = load_refcocog(dataset_path(root, "refcocog_refs"), dataset_path(root, "refcocog_instances"))
+    sizes = {word for words in SIZE_WORDS.values() for word in words}
+    relations = [phrase for phrases in RELATION_PHRASES.values() for phrase in phrases]
+    seen = {"category": 0, "colour": 0, "size": 0, "none": 0}
+    for ref in data.split("train"):
+        text = ref.expressions[0].text.lower()
+        words = set(text.replace("-", " - ").split()) | set(text.split())
+        asked = answers[ref.ann_id]
+        if any(f" {phrase} " in f" {text} " for phrase in relations):
+            first = "none"  # no plain description tells it apart: a relation is needed
+        elif words & set(COLOUR_NAMES) and words & sizes:
+            first = "none"  # size and colour together: neither alone is enough
+        elif words & set(COLOUR_NAMES):
+            first = "colour"
+        elif words & sizes:
+            first = "size"
+        else:
+            first = "category"
+        expected = {"category": "Yes"} if first == "category" else {
+            variant: "Yes" if variant == first else "No" for variant in ("category", "colour", "size")
+            if variant != "size" or first != "colour"}  # colour tells it apart: size need not be "No"
+        assert {k: asked[k] for k in expected} == expected, (ref.expressions[0].text, asked)
+        seen[first] += 1
+    assert all(seen.values()), seen
+
+
 def test_train_split_only(root: Path, conversations: list[Conversation]) -> None:
     train_ids = {i.id for i in load_coco_instances(dataset_path(root, "coco_instances", split="train")).images.values()}
     held_out = {i.id for i in load_coco_instances(dataset_path(root, "coco_instances", split="val")).images.values()}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -64,3 +65,19 @@ def test_drawn_beyond_mix_is_what_stages_other_than_the_mix_draw_from() -> None:
     stages = paper_stages(_Recipe(), ("c.",), ("l.",))  # curriculum phases classification and rec
     assert drawn_beyond_mix(sets, stages) == ["c1", "c2", "r1"]  # not the mix, not the unused pope
     assert drawn_beyond_mix(sets, paper_stages(_Recipe(curriculum=()), ("c.",), ("l.",))) == []
+
+
+def test_a_runs_tokenizer_is_fixed_at_its_first_call(tmp_path: Path) -> None:
+    """Word ids follow word frequency: a later call with other conversations must not renumber them."""
+    from adapters.rgpt.processing_rgpt import build_word_tokenizer, load_tokenizer
+    from bench.training.runs import run_tokenizer
+
+    first = run_tokenizer(tmp_path, ["a ring", "a ring", "the star"], build_word_tokenizer, load_tokenizer)
+    assert (tmp_path / "tokenizer.json").is_file()
+    rebuilt = build_word_tokenizer(["the star", "the star", "the star", "a ring"])  # other frequencies
+    assert rebuilt.convert_tokens_to_ids("star") != first.convert_tokens_to_ids("star")
+    again = run_tokenizer(tmp_path, ["the star", "the star", "the star", "a ring"], build_word_tokenizer,
+                          load_tokenizer)
+    assert again.get_vocab() == first.get_vocab()
+    with pytest.raises(DataError, match=r"tokenizer.json: the training conversations have 1 words .*\(square\)"):
+        run_tokenizer(tmp_path, ["the square"], build_word_tokenizer, load_tokenizer)

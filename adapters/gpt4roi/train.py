@@ -36,6 +36,7 @@ from bench.training.runs import (
     language_then_alignment,
     paper_stages,
     record_seconds,
+    run_tokenizer,
     stage0_tower,
     write_recipe,
 )
@@ -164,6 +165,7 @@ def train_tiny_gpt4roi(data_root: Path | None, out_dir: Path, recipe: Recipe = R
         GPT4RoIProcessor,
         build_word_tokenizer,
         config_token_ids,
+        load_tokenizer,
         stretched_masks,
     )
     from bench.synthetic import SuiteParams, default_suite_dir
@@ -175,7 +177,7 @@ def train_tiny_gpt4roi(data_root: Path | None, out_dir: Path, recipe: Recipe = R
     base = list(conversations) if conversations is not None else build_conversations(data_root, "train",
                                                                                        recipe.seed)
     examples = mix(base, dict(recipe.mix), seed=recipe.seed)
-    tokenizer = build_word_tokenizer(all_texts(base))
+    tokenizer = run_tokenizer(out_dir, all_texts(base), build_word_tokenizer, load_tokenizer)
     config = GPT4RoIConfig.tiny(len(tokenizer), config_token_ids(tokenizer), image_size=recipe.image_size)
     model = GPT4RoIForCausalLM(config)
     processor = GPT4RoIProcessor(tokenizer, config)

@@ -44,6 +44,7 @@ from bench.training.runs import (
     language_then_alignment,
     paper_stages,
     record_seconds,
+    run_tokenizer,
     stage0_tower,
     write_recipe,
 )
@@ -257,7 +258,7 @@ def train_tiny_rgpt(data_root: Path | None, out_dir: Path, recipe: Recipe = Reci
     the checkpoint lands in ``out_dir``. Re-running the same call resumes after an interruption."""
     from adapters.rgpt.configuration_rgpt import RGPTConfig
     from adapters.rgpt.modeling_rgpt import RGPTForCausalLM
-    from adapters.rgpt.processing_rgpt import RGPTProcessor, build_word_tokenizer, config_token_ids
+    from adapters.rgpt.processing_rgpt import RGPTProcessor, build_word_tokenizer, config_token_ids, load_tokenizer
 
     started = time.time()
     data_root = Path(data_root) if data_root is not None else training_suite(recipe)
@@ -265,7 +266,7 @@ def train_tiny_rgpt(data_root: Path | None, out_dir: Path, recipe: Recipe = Reci
     base = list(conversations) if conversations is not None else build_conversations(data_root, "train",
                                                                                        recipe.seed)
     examples = mix(base, dict(recipe.mix), seed=recipe.seed)
-    tokenizer = build_word_tokenizer(all_texts(base))
+    tokenizer = run_tokenizer(out_dir, all_texts(base), build_word_tokenizer, load_tokenizer)
     config = RGPTConfig.tiny(vocab_size=len(tokenizer), **config_token_ids(tokenizer))
     config.vision_config.image_size = recipe.image_size
     config.image_token_grid = recipe.image_token_grid

@@ -15,6 +15,8 @@ pope             ``bench.synthetic.pope_sampling.question_text(name)``        ``
 relation         ``"Is <region1> to the left of <region2>?"`` (4 relations)   ``"Yes"`` / ``"No"``
                  ``"What is the relation between <region1> and <region2>?"``  ``"The red circle is above the
                                                                               blue square."``
+uniqueness       ``"Is <region1> the only ring in the image?"``               ``"Yes"`` / ``"No"``
+                 (also ``"... the only red ring ..."``, ``"... small ring"``)
 ===============  ==========================================================  ===============================
 
 Sources (the same loaders as evaluation, so the same regions):
@@ -46,6 +48,17 @@ Sources (the same loaders as evaluation, so the same regions):
   ``relations_per_image`` per image, half yes/no questions, half "what is the
   relation" questions answered with a sentence naming both objects (colour
   words when the suite's ``meta/objects_{split}.json`` is present).
+* uniqueness: per non-crowd annotation of the COCO file, "Is <region1> the only
+  <category> in the image?", answered "Yes" when no other object of the image
+  (crowds included) has its category; when one has and the suite's object
+  metadata is present, the same question with its colour ("the only red
+  ring") and with its size class ("the only small ring"), by the suite's own
+  rule (:meth:`bench.synthetic.expressions.Description.matches`: a crowd
+  matches any size). Why: which of these holds is what a RefCOCOg expression's
+  choice of words follows ("the ring", "the red ring", "the small ring"), and
+  the tiny RGPT's captions got that choice wrong more than anything else
+  (README, the polish stage). No evaluation task asks it; only a recipe's mix
+  that names it trains on it.
 
 Everything is deterministic given ``(data_root, split, seed)``: random choices
 come from ``numpy`` generators seeded by ``(seed, purpose, id)``.
@@ -84,8 +97,9 @@ from tasks.captioning import PROMPT as CAPTION_PROMPT
 from tasks.coco_cls import PHRASINGS, answer_suffix
 from tasks.rec import IOU_THRESHOLD, build_candidates, build_prompt, choice_label
 
-KINDS: tuple[str, ...] = ("classification", "caption", "relation", "rec", "pope")
+KINDS: tuple[str, ...] = ("classification", "caption", "relation", "rec", "pope", "uniqueness")
 YES, NO = "Yes", "No"
+UNIQUENESS_QUESTION = "Is <region1> the only {words} in the image?"
 
 # Yes/no relation questions: relation -> the words after "Is <region1> ".
 RELATION_QUESTION = "Is <region1> {phrase} <region2>?"
@@ -110,6 +124,7 @@ DEFAULT_SUITE_COUNTS: dict[str, int] = {
     "relation": 1199,  # up to 4 per image
     "rec": 3428,  # 1714 RefCOCOg train sentences x 2 detector draws
     "pope": 2168,  # 1094 "Yes" + 1074 "No"
+    "uniqueness": 2944,  # 1484 category questions + 730 colour + 730 size (when the category is not unique)
 }
 
 
@@ -163,6 +178,7 @@ def build_conversations(
     if ref_instances is not None:
         conversations += _rec(refs, ref_instances, seed, rec_draws, detector)
     conversations += _pope(coco, seed)
+    conversations += _uniqueness(coco, meta)
     return conversations
 
 
@@ -329,6 +345,55 @@ def _pope(coco: _Cached, seed: int) -> list[Conversation]:
             out.append(Conversation(image=image, regions=(), turns=((question_text(name), answer),),
                                     kind="pope", source=f"pope:{image_id}:{name}"))
     return out
+
+
+def _uniqueness(coco: _Cached, meta: dict[int, dict[str, str]]) -> list[Conversation]:
+    from bench.synthetic.expressions import Description
+
+    by_image: dict[int, list] = {}
+    for annotation in coco.instances.annotations:
+        by_image.setdefault(annotation.image_id, []).append(annotation)
+
+    def described(annotation) -> tuple[str, str | None, str | None]:
+        words = meta.get(annotation.id, {})
+        size = None if annotation.iscrowd else words.get("size")  # a cluster has no single size
+        return coco.instances.categories[annotation.category_id].name, words.get("colour"), size
+
+    out = []
+    for image_id in sorted(by_image):
+        annotations = by_image[image_id]
+        image = coco.image(image_id)
+        for annotation in annotations:
+            if annotation.iscrowd:
+                continue
+            category, colour, size = described(annotation)
+            others = []
+            for other in annotations:
+                if other.id != annotation.id:
+                    name, other_colour, other_size = described(other)
+                    others.append(_Item(name, other_colour, other_size))
+            asked = [("category", Description(category))]
+            if any(o.category == category for o in others):  # only then do colour or size tell it apart
+                if colour is not None:
+                    asked.append(("colour", Description(category, colour=colour)))
+                if size is not None:
+                    asked.append(("size", Description(category, size=size)))
+            for variant, description in asked:
+                words = " ".join(w for w in (description.size, description.colour, category) if w)
+                unique = not any(description.matches(o) for o in others)
+                out.append(Conversation(image=image, regions=(coco.region(annotation.id),),
+                                        turns=((UNIQUENESS_QUESTION.format(words=words), YES if unique else NO),),
+                                        kind="uniqueness", source=f"uniqueness:{annotation.id}:{variant}"))
+    return out
+
+
+@dataclass(frozen=True)
+class _Item:
+    """What :meth:`bench.synthetic.expressions.Description.matches` reads of an object."""
+
+    category: str
+    colour: str | None
+    size: str | None
 
 
 def _relations(coco: _Cached, meta: dict[int, dict[str, str]], seed: int, per_image: int) -> list[Conversation]:

@@ -2,6 +2,8 @@
 
 * ``recipe.json``: the recipe, the data root, conversation counts per kind, and the
   seconds of the last call (:func:`write_recipe`, :func:`record_seconds`).
+* ``tokenizer.json``: the run's word-level tokenizer, fixed at its first call
+  (:func:`run_tokenizer`).
 * ``vision/tower.safetensors``: the stage-0 tower (:func:`stage0_tower`). A re-run with
   the same ``out_dir`` loads it instead of training it again, which is what makes a
   resumed run cheap (stage 0 is about half of a tiny run).
@@ -117,6 +119,29 @@ def drawn_beyond_mix(sets: Mapping[str, Sequence[Any]], stages: Sequence[Stage])
     for :func:`language_then_alignment`'s ``later``."""
     names = dict.fromkeys(stage.data for stage in stages if stage.data != "all")
     return [c for name in names for c in sets[name]]
+
+
+def run_tokenizer(out_dir: Path, texts: Sequence[str], build: Callable[[Sequence[str]], Any],
+                  load: Callable[[Path], Any]) -> Any:
+    """The run's word-level tokenizer: ``build(texts)`` at the run's first call, saved at once in
+    ``out_dir`` (``tokenizer.json``, where the finished checkpoint keeps it too); a later call
+    ``load``-s it. Why: a word-level tokenizer numbers its words by frequency, so training
+    conversations that changed between two calls (a new kind, another data root) would renumber
+    the words, and the embeddings of a resumed or reused stage would silently stand for other words.
+    A word of ``texts`` the saved tokenizer lacks is a :class:`~bench.errors.DataError` (the
+    checkpoint's vocabulary cannot grow)."""
+    if (out_dir / "tokenizer.json").is_file():
+        tokenizer = load(out_dir)
+        new = sorted(set(build(texts).get_vocab()) - set(tokenizer.get_vocab()))
+        if new:
+            raise DataError(f"{out_dir / 'tokenizer.json'}: the training conversations have {len(new)} words this "
+                            f"run's tokenizer lacks ({', '.join(new[:8])}{', ...' if len(new) > 8 else ''}); "
+                            "train into a new --out, or on the data this run started with")
+        return tokenizer
+    tokenizer = build(texts)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tokenizer.save_pretrained(str(out_dir))
+    return tokenizer
 
 
 def write_recipe(out_dir: Path, recipe: Any, data_root: Path, conversations: Sequence[Any],

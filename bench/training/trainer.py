@@ -306,7 +306,7 @@ def _load_resume(resume: Path, model: torch.nn.Module, signature: dict[str, Any]
     from safetensors.torch import load_model
 
     state = json.loads((resume / STATE_FILE).read_text(encoding="utf-8"))
-    if state.get("signature") != signature and not _extends_finished_run(state, signature):
+    if not _same_run(state.get("signature") or {}, signature) and not _extends_finished_run(state, signature):
         saved = (state.get("signature") or {}).get("stages", [])
         appended = 0 < len(saved) < len(signature["stages"]) and signature["stages"][:len(saved)] == saved
         names = ", ".join(stage["name"] for stage in saved)
@@ -326,6 +326,16 @@ def _load_resume(resume: Path, model: torch.nn.Module, signature: dict[str, Any]
     kind, keys, pos, has_gauss, cached = state["numpy_random"]
     np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
     return int(state["stage_index"]), int(state["step"])
+
+
+def _same_run(saved: dict[str, Any], signature: dict[str, Any]) -> bool:
+    """Same stages, seed, and sizes of the example sets the stages draw from. A set no stage draws
+    from may come or go (a new conversation kind in the data) without changing the run."""
+    if saved.get("stages") != signature["stages"] or saved.get("seed") != signature["seed"]:
+        return False
+    drawn = {stage["data"] for stage in signature["stages"]}
+    sizes, new_sizes = saved.get("n_examples", {}), signature["n_examples"]
+    return all(sizes.get(name) == new_sizes.get(name) for name in drawn)
 
 
 def _extends_finished_run(state: dict[str, Any], signature: dict[str, Any]) -> bool:
