@@ -179,6 +179,18 @@ def _curriculum(text: str | None) -> tuple[tuple[str, int], ...] | None:
         raise typer.BadParameter(str(error), param_hint="--curriculum") from None
 
 
+def _polish_mix(text: str | None) -> tuple[tuple[str, int], ...] | None:
+    """``--polish-mix`` parsed (None: the recipe's default); a malformed value is a usage error."""
+    from bench.training.runs import parse_mix
+
+    if text is None:
+        return None
+    try:
+        return parse_mix(text)
+    except ValueError as error:
+        raise typer.BadParameter(str(error), param_hint="--polish-mix") from None
+
+
 # Options both tiny-model train commands share (stage L and the alignment of stages 1 and 2).
 LanguageEasySteps = Annotated[Optional[int], typer.Option(
     help="Stage L opening steps (text only: REC cut to 2 candidates, classification, POPE).")]
@@ -256,6 +268,9 @@ def train_rgpt(
         help="Steps of the closing polish stage (stage 2's parameters at --polish-lr, RefCOCOg's captions "
              "weighted up; default 0: none; README, runs U to W). On a finished run, it trains on from it.")] = None,
     polish_lr: Annotated[Optional[float], typer.Option(help="Peak learning rate of the polish stage.")] = None,
+    polish_mix: Annotated[Optional[str], typer.Option(
+        help="Conversations of the polish stage per kind: KIND=COUNT or KIND:DATASET=COUNT, comma-separated "
+             "(default: Recipe.polish_mix, RefCOCOg's captions leading).")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Conversations per step.")] = None,
     image_size: Annotated[Optional[int], typer.Option(help="Input resolution of the tiny model.")] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar with the loss.")] = True,
@@ -268,7 +283,7 @@ def train_rgpt(
     from bench.evaluate import resolve_data_root
 
     overrides = {"seed": seed, "stage1_steps": stage1_steps, "stage2_steps": stage2_steps,
-                 "polish_steps": polish_steps, "polish_lr": polish_lr,
+                 "polish_steps": polish_steps, "polish_lr": polish_lr, "polish_mix": _polish_mix(polish_mix),
                  "batch_size": batch_size, "image_size": image_size,
                  "train_images": train_images, "vision_steps": vision_steps,
                  "vision_finish_steps": vision_finish_steps,

@@ -83,12 +83,16 @@ def test_train_then_evaluate_tiny_rgpt(small_suite: Path, tmp_path: Path) -> Non
     message = " ".join(wrong.stderr.replace("│", " ").split())  # typer's box wraps lines
     assert wrong.returncode != 0 and "'shape': expected one of category, colour, all" in message
     assert not (tmp_path / "never").exists()
+    wrong = run_bench("train", "rgpt", "--out", str(tmp_path / "never"), "--polish-mix", "captions=3")
+    message = " ".join(wrong.stderr.replace("│", " ").split())
+    assert wrong.returncode != 0 and "mix entry 'captions=3'" in message and not (tmp_path / "never").exists()
 
     # The polish stage added to the finished run trains on from its weights (stages 0 to 2 are not
     # redone), on the bare model, with its own log and resume in polish/.
     polished = list(args)
     polished[args.index("--polish-steps") + 1] = "2"
-    result = run_bench(*polished, "--polish-lr", "0.001")
+    polished += ["--polish-lr", "0.001", "--polish-mix", "caption:refcocog=5,uniqueness=3"]
+    result = run_bench(*polished)
     assert result.returncode == 0, result.stderr
     assert json.loads((out / "log.json").read_text()) == log  # stages 1 and 2 untouched
     polish_log = json.loads((out / "polish" / "log.json").read_text())
@@ -97,13 +101,13 @@ def test_train_then_evaluate_tiny_rgpt(small_suite: Path, tmp_path: Path) -> Non
     assert not any(k.startswith(("model.", "heads.")) for k in load_file(str(out / "polish" / "resume" /
                                                                              "model.safetensors")))
     recipe = json.loads((out / "recipe.json").read_text())["recipe"]
-    assert recipe["polish_steps"] == 2 and dict(recipe["polish_mix"])["caption:refcocog"] == 20000
+    assert recipe["polish_steps"] == 2 and recipe["polish_mix"] == [["caption:refcocog", 5], ["uniqueness", 3]]
     polished_weights = load_file(str(out / "model.safetensors"))
     assert any(not (polished_weights[k] == v).all() for k, v in weights.items())
     # The polish stage trains refinement, connector and LLM; the tower stays the frozen stage-0 one.
     assert all((polished_weights[f"vision_tower.{k}"] == v).all() for k, v in tower.items())
     # Re-running the polished run resumes it: the checkpoint stays the polished one.
-    assert run_bench(*polished, "--polish-lr", "0.001").returncode == 0
+    assert run_bench(*polished).returncode == 0
     assert all((load_file(str(out / "model.safetensors"))[k] == v).all() for k, v in polished_weights.items())
 
     result = run_bench("run", "--model", "rgpt", "--model-args", f"pretrained={out}", "--task",

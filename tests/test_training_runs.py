@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 
 from bench.errors import DataError
-from bench.training.runs import drawn_beyond_mix, example_sets, paper_stages, parse_curriculum
+from bench.training.runs import drawn_beyond_mix, example_sets, paper_stages, parse_curriculum, parse_mix
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,3 +81,13 @@ def test_a_runs_tokenizer_is_fixed_at_its_first_call(tmp_path: Path) -> None:
     assert again.get_vocab() == first.get_vocab()
     with pytest.raises(DataError, match=r"tokenizer.json: the training conversations have 1 words .*\(square\)"):
         run_tokenizer(tmp_path, ["the square"], build_word_tokenizer, load_tokenizer)
+
+
+def test_parse_mix() -> None:
+    assert parse_mix("caption:refcocog=20000, rec=8000,uniqueness=0") == (
+        ("caption:refcocog", 20000), ("rec", 8000), ("uniqueness", 0))
+    for bad in ("captions=3", "rec", "rec=-1", "rec=two"):
+        with pytest.raises(ValueError, match="KIND=COUNT or KIND:DATASET=COUNT"):
+            parse_mix(bad)
+    with pytest.raises(ValueError, match="rec is already in the mix"):
+        parse_mix("rec=1,rec=2")

@@ -93,6 +93,22 @@ def parse_curriculum(text: str) -> tuple[tuple[str, int], ...]:
     return tuple(phases)
 
 
+def parse_mix(text: str) -> tuple[tuple[str, int], ...]:
+    """``"caption:refcocog=20000,rec=8000"`` -> ``(("caption:refcocog", 20000), ("rec", 8000))``: a
+    re-weighted mix for :func:`bench.training.conversations.mix`, each key a kind or ``kind:dataset``
+    (the prefix of a conversation's source: ``caption:refcocog``, ``caption:vg``)."""
+    entries: list[tuple[str, int]] = []
+    for part in text.split(","):
+        key, sep, count = (p.strip() for p in part.partition("="))
+        if not sep or key.partition(":")[0] not in KINDS or not count.isdigit():
+            raise ValueError(f"mix entry {part.strip()!r}: write KIND=COUNT or KIND:DATASET=COUNT with each KIND one "
+                             f"of {', '.join(KINDS)} (e.g. caption:refcocog=20000,rec=8000,uniqueness=8000)")
+        if key in (k for k, _ in entries):
+            raise ValueError(f"mix entry {part.strip()!r}: {key} is already in the mix; give each key once")
+        entries.append((key, int(count)))
+    return tuple(entries)
+
+
 def example_sets(conversations: Sequence[Any], examples: Sequence[Any],
                  phases: Sequence[str] = ()) -> dict[str, Sequence[Any]]:
     """What :func:`paper_stages` draws from: ``"all"`` (the re-weighted mix), every conversation of
