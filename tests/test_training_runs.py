@@ -91,3 +91,21 @@ def test_parse_mix() -> None:
             parse_mix(bad)
     with pytest.raises(ValueError, match="rec is already in the mix"):
         parse_mix("rec=1,rec=2")
+
+
+def test_training_only_kinds_add_words_but_no_word_order(tmp_path: Path) -> None:
+    """Uniqueness questions (no evaluation asks them) leave a run's tokenizer as the evaluated kinds
+    number it, so adding that kind did not change the runs before it; words only they use are added."""
+    from adapters.rgpt.processing_rgpt import build_word_tokenizer, load_tokenizer
+    from bench.synthetic import default_suite_dir
+    from bench.training.conversations import all_texts, build_conversations, vocabulary_texts
+    from bench.training.runs import run_tokenizer
+
+    base = build_conversations(default_suite_dir())
+    evaluated, training_only = vocabulary_texts(base)
+    assert training_only and len(evaluated) + len(training_only) == len(all_texts(base))
+    tokenizer = run_tokenizer(tmp_path / "a", evaluated, build_word_tokenizer, load_tokenizer, training_only)
+    assert tokenizer.get_vocab() == build_word_tokenizer(evaluated).get_vocab()  # their words are all there
+    assert tokenizer.get_vocab() != build_word_tokenizer(all_texts(base)).get_vocab()  # else: renumbered
+    extra = run_tokenizer(tmp_path / "b", ["the ring"], build_word_tokenizer, load_tokenizer, ["Is it unique ?"])
+    assert {"is", "it", "unique"} <= set(extra.get_vocab())

@@ -35,7 +35,8 @@ from typing import Any
 
 import torch
 
-from bench.training import Conversation, Stage, all_texts, build_conversations, mix, train
+from bench.training import Conversation, Stage, build_conversations, mix, train
+from bench.training.conversations import vocabulary_texts
 from bench.training.runs import (
     POLISH_DIR,
     VISION_DIR,
@@ -266,7 +267,9 @@ def train_tiny_rgpt(data_root: Path | None, out_dir: Path, recipe: Recipe = Reci
     base = list(conversations) if conversations is not None else build_conversations(data_root, "train",
                                                                                        recipe.seed)
     examples = mix(base, dict(recipe.mix), seed=recipe.seed)
-    tokenizer = run_tokenizer(out_dir, all_texts(base), build_word_tokenizer, load_tokenizer)
+    evaluated_texts, training_only_texts = vocabulary_texts(base)
+    tokenizer = run_tokenizer(out_dir, evaluated_texts, build_word_tokenizer, load_tokenizer,
+                              extra_texts=training_only_texts)
     config = RGPTConfig.tiny(vocab_size=len(tokenizer), **config_token_ids(tokenizer))
     config.vision_config.image_size = recipe.image_size
     config.image_token_grid = recipe.image_token_grid

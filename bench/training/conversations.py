@@ -99,6 +99,8 @@ from tasks.rec import IOU_THRESHOLD, build_candidates, build_prompt, choice_labe
 
 KINDS: tuple[str, ...] = ("classification", "caption", "relation", "rec", "pope", "uniqueness")
 YES, NO = "Yes", "No"
+# Kinds no evaluation task asks: they train a skill the tasks need, and add no word order to the tokenizer.
+TRAINING_ONLY_KINDS: tuple[str, ...] = ("uniqueness",)
 UNIQUENESS_QUESTION = "Is <region1> the only {words} in the image?"
 
 # Yes/no relation questions: relation -> the words after "Is <region1> ".
@@ -185,6 +187,14 @@ def build_conversations(
 def all_texts(conversations: Iterable[Conversation]) -> list[str]:
     """Every user and assistant text, in order (for building a word-level tokenizer)."""
     return [text for c in conversations for turn in c.turns for text in turn]
+
+
+def vocabulary_texts(conversations: Sequence[Conversation]) -> tuple[list[str], list[str]]:
+    """(texts of the kinds evaluation asks, texts of :data:`TRAINING_ONLY_KINDS`): what a run's
+    tokenizer numbers its words by, and what only adds words it lacks
+    (:func:`bench.training.runs.run_tokenizer`)."""
+    return ([t for t in all_texts(c for c in conversations if c.kind not in TRAINING_ONLY_KINDS)],
+            [t for t in all_texts(c for c in conversations if c.kind in TRAINING_ONLY_KINDS)])
 
 
 def kind_counts(conversations: Iterable[Conversation]) -> dict[str, int]:

@@ -138,23 +138,31 @@ def drawn_beyond_mix(sets: Mapping[str, Sequence[Any]], stages: Sequence[Stage])
 
 
 def run_tokenizer(out_dir: Path, texts: Sequence[str], build: Callable[[Sequence[str]], Any],
-                  load: Callable[[Path], Any]) -> Any:
+                  load: Callable[[Path], Any], extra_texts: Sequence[str] = ()) -> Any:
     """The run's word-level tokenizer: ``build(texts)`` at the run's first call, saved at once in
     ``out_dir`` (``tokenizer.json``, where the finished checkpoint keeps it too); a later call
     ``load``-s it. Why: a word-level tokenizer numbers its words by frequency, so training
     conversations that changed between two calls (a new kind, another data root) would renumber
     the words, and the embeddings of a resumed or reused stage would silently stand for other words.
     A word of ``texts`` the saved tokenizer lacks is a :class:`~bench.errors.DataError` (the
-    checkpoint's vocabulary cannot grow)."""
+    checkpoint's vocabulary cannot grow).
+
+    ``extra_texts`` (conversations of kinds no evaluation asks, such as ``uniqueness``) do not
+    count toward the word order: their words join the vocabulary only when ``texts`` lack them, so
+    adding such a kind leaves the tokenizer of a data root that already has its words unchanged
+    (and runs on it reproducible)."""
     if (out_dir / "tokenizer.json").is_file():
         tokenizer = load(out_dir)
-        new = sorted(set(build(texts).get_vocab()) - set(tokenizer.get_vocab()))
+        new = sorted(set(build([*texts, *extra_texts]).get_vocab()) - set(tokenizer.get_vocab()))
         if new:
             raise DataError(f"{out_dir / 'tokenizer.json'}: the training conversations have {len(new)} words this "
                             f"run's tokenizer lacks ({', '.join(new[:8])}{', ...' if len(new) > 8 else ''}); "
                             "train into a new --out, or on the data this run started with")
         return tokenizer
     tokenizer = build(texts)
+    missing = sorted(set(build(extra_texts).get_vocab()) - set(tokenizer.get_vocab())) if extra_texts else []
+    if missing:
+        tokenizer = build([*texts, " ".join(missing)])
     out_dir.mkdir(parents=True, exist_ok=True)
     tokenizer.save_pretrained(str(out_dir))
     return tokenizer
