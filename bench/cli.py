@@ -268,6 +268,9 @@ def train_rgpt(
         help="Steps of the closing polish stage (stage 2's parameters at --polish-lr, RefCOCOg's captions "
              "weighted up; default 0: none; README, runs U to W). On a finished run, it trains on from it.")] = None,
     polish_lr: Annotated[Optional[float], typer.Option(help="Peak learning rate of the polish stage.")] = None,
+    polish_from: Annotated[Optional[Path], typer.Option(
+        help="A tiny RGPT checkpoint directory to run only the polish stage on (instead of stages 0 to 2); "
+             "needs --polish-steps.")] = None,
     polish_mix: Annotated[Optional[str], typer.Option(
         help="Conversations of the polish stage per kind: KIND=COUNT or KIND:DATASET=COUNT, comma-separated "
              "(default: Recipe.polish_mix, RefCOCOg's captions leading).")] = None,
@@ -300,7 +303,7 @@ def train_rgpt(
     if vision_start_size is not None:
         recipe = dataclasses.replace(recipe, vision_start_size=vision_start_size or None)
     root = train_tiny_rgpt(resolve_data_root(data_root) if data_root is not None else None, out, recipe,
-                           progress=progress)
+                           progress=progress, polish_from=polish_from)
     typer.echo(f"saved the tiny RGPT checkpoint to {root}; evaluate it with "
                f"bench run --model rgpt --model-args pretrained={root} --task coco-cls")
 

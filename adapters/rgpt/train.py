@@ -254,9 +254,14 @@ def stage0(model: Any, tokenizer: Any, data_root: Path, out_dir: Path, recipe: R
 
 
 def train_tiny_rgpt(data_root: Path | None, out_dir: Path, recipe: Recipe = Recipe(), progress: bool = True,
-                    conversations: Sequence[Conversation] | None = None) -> Path:
+                    conversations: Sequence[Conversation] | None = None, polish_from: Path | None = None) -> Path:
     """Train the tiny RGPT on ``data_root``'s training split (default: :func:`training_suite`);
-    the checkpoint lands in ``out_dir``. Re-running the same call resumes after an interruption."""
+    the checkpoint lands in ``out_dir``. Re-running the same call resumes after an interruption.
+
+    ``polish_from``: a tiny RGPT checkpoint directory (``config.json``, ``model.safetensors``,
+    ``tokenizer.json``) to run only the polish stage on, instead of stages 0 to 2: the same stage,
+    data and seed as a polish stage at the end of a run, so polishing a run's stage-2 checkpoint
+    gives what that run with ``polish_steps`` gives."""
     from adapters.rgpt.configuration_rgpt import RGPTConfig
     from adapters.rgpt.modeling_rgpt import RGPTForCausalLM
     from adapters.rgpt.processing_rgpt import RGPTProcessor, build_word_tokenizer, config_token_ids, load_tokenizer
@@ -267,21 +272,21 @@ def train_tiny_rgpt(data_root: Path | None, out_dir: Path, recipe: Recipe = Reci
     base = list(conversations) if conversations is not None else build_conversations(data_root, "train",
                                                                                        recipe.seed)
     examples = mix(base, dict(recipe.mix), seed=recipe.seed)
+    if polish_from is not None:
+        model, tokenizer = _checkpoint_to_polish(Path(polish_from), out_dir, recipe)
     evaluated_texts, training_only_texts = vocabulary_texts(base)
     tokenizer = run_tokenizer(out_dir, evaluated_texts, build_word_tokenizer, load_tokenizer,
                               extra_texts=training_only_texts)
-    config = RGPTConfig.tiny(vocab_size=len(tokenizer), **config_token_ids(tokenizer))
-    config.vision_config.image_size = recipe.image_size
-    config.image_token_grid = recipe.image_token_grid
-    model = RGPTForCausalLM(config)
+    if polish_from is None:
+        config = RGPTConfig.tiny(vocab_size=len(tokenizer), **config_token_ids(tokenizer))
+        config.vision_config.image_size = recipe.image_size
+        config.image_token_grid = recipe.image_token_grid
+        model = RGPTForCausalLM(config)
+    config = model.config
     processor = RGPTProcessor(tokenizer, config)
+    write_recipe(out_dir, recipe, data_root, base, examples,
+                 polish_from=str(polish_from) if polish_from is not None else None)
 
-    write_recipe(out_dir, recipe, data_root, base, examples)
-    # Stage 0: the tiny tower's stand-in for CLIP pre-training, then frozen for good.
-    stage0(model, tokenizer, data_root, out_dir, recipe, progress)
-
-    # Stage L: the tiny LLM's stand-in for language pre-training, text only (vision tokens as words);
-    # then stages 1 and 2 keep the vision tokens close to its words (bench.training.alignment).
     plain: list[CachedCollate] = []  # built once: stages 1 and 2 and the polish stage share the grids
 
     def cached_collate() -> CachedCollate:
@@ -290,16 +295,22 @@ def train_tiny_rgpt(data_root: Path | None, out_dir: Path, recipe: Recipe = Reci
             plain.append(CachedCollate(processor, grids, sizes, config.refined_grid))
         return plain[0]
 
-    sets = example_sets(base, examples, [kind for kind, _ in recipe.curriculum])
-    trained, collate, prefix = language_then_alignment(model, processor, examples, data_root, out_dir, recipe,
-                                                       cached_collate, config.image_token_grid, progress=progress,
-                                                       later=drawn_beyond_mix(sets, stages(recipe)))
-
     def save(_: torch.nn.Module, directory: Path) -> None:
         model.save_pretrained(out_dir, tokenizer=tokenizer)  # the model alone, without any wrapper
-    # With a polish stage, out_dir's checkpoint is the polished model (written once it is done).
-    train(trained, sets, collate, stages(recipe, prefix), out_dir, seed=recipe.seed,
-          save_model=None if recipe.polish_steps else save, progress=progress)
+
+    if polish_from is None:
+        # Stage 0: the tiny tower's stand-in for CLIP pre-training, then frozen for good.
+        stage0(model, tokenizer, data_root, out_dir, recipe, progress)
+        # Stage L: the tiny LLM's stand-in for language pre-training, text only (vision tokens as words);
+        # then stages 1 and 2 keep the vision tokens close to its words (bench.training.alignment).
+        sets = example_sets(base, examples, [kind for kind, _ in recipe.curriculum])
+        trained, collate, prefix = language_then_alignment(model, processor, examples, data_root, out_dir, recipe,
+                                                           cached_collate, config.image_token_grid,
+                                                           progress=progress,
+                                                           later=drawn_beyond_mix(sets, stages(recipe)))
+        # With a polish stage, out_dir's checkpoint is the polished model (written once it is done).
+        train(trained, sets, collate, stages(recipe, prefix), out_dir, seed=recipe.seed,
+              save_model=None if recipe.polish_steps else save, progress=progress)
     if recipe.polish_steps:
         # The bare model with the plain collate, in polish/ (its own log and resume): a polish stage
         # added to a finished run trains on from its final weights, stages 1 and 2 untouched.
@@ -308,3 +319,33 @@ def train_tiny_rgpt(data_root: Path | None, out_dir: Path, recipe: Recipe = Reci
               seed=recipe.seed, save_model=save, progress=progress)
     record_seconds(out_dir, started)
     return out_dir
+
+
+def _checkpoint_to_polish(checkpoint: Path, out_dir: Path, recipe: Recipe) -> tuple[Any, Any]:
+    """The tiny checkpoint ``polish_from`` names, its tower frozen, and its tokenizer, which becomes
+    the run's (copied into ``out_dir``; a run already holding another is refused)."""
+    import json
+
+    from adapters.rgpt.modeling_rgpt import RGPTForCausalLM
+    from adapters.rgpt.processing_rgpt import load_tokenizer
+    from bench.errors import ConfigError
+
+    if not recipe.polish_steps:
+        raise ConfigError(f"polish from {checkpoint}: give the polish stage steps (--polish-steps N)")
+    files = [checkpoint / name for name in ("config.json", "model.safetensors", "tokenizer.json")]
+    missing = [f.name for f in files if not f.is_file()]
+    if missing:
+        raise ConfigError(f"polish from {checkpoint}: no {', '.join(missing)} there (a tiny RGPT checkpoint "
+                          "directory, as bench train rgpt writes it)")
+    if json.loads(files[0].read_text()).get("size") != "tiny":
+        raise ConfigError(f"polish from {checkpoint}: not a tiny RGPT checkpoint (config.json's size)")
+    tokenizer = load_tokenizer(checkpoint)
+    if (out_dir / "tokenizer.json").is_file():
+        if load_tokenizer(out_dir).get_vocab() != tokenizer.get_vocab():
+            raise ConfigError(f"{out_dir} holds another run's tokenizer than {checkpoint}'s; polish into a new --out")
+    else:
+        tokenizer.save_pretrained(str(out_dir))
+    model = RGPTForCausalLM.from_pretrained(checkpoint)
+    model.vision_tower.requires_grad_(False)
+    model.vision_tower.eval()
+    return model, tokenizer

@@ -169,13 +169,15 @@ def run_tokenizer(out_dir: Path, texts: Sequence[str], build: Callable[[Sequence
 
 
 def write_recipe(out_dir: Path, recipe: Any, data_root: Path, conversations: Sequence[Any],
-                 examples: Sequence[Any]) -> None:
-    """``recipe.json``: every setting, the data, and what the conversations were."""
+                 examples: Sequence[Any], polish_from: str | None = None) -> None:
+    """``recipe.json``: every setting, the data, and what the conversations were (and the
+    checkpoint a polish-only run started from)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / RECIPE_FILE).write_text(json.dumps({
-        "recipe": dataclasses.asdict(recipe), "data_root": str(data_root),
-        "conversations": kind_counts(conversations), "examples": kind_counts(examples),
-    }, indent=2) + "\n")
+    record = {"recipe": dataclasses.asdict(recipe), "data_root": str(data_root),
+              "conversations": kind_counts(conversations), "examples": kind_counts(examples)}
+    if polish_from is not None:
+        record["polish_from"] = polish_from
+    (out_dir / RECIPE_FILE).write_text(json.dumps(record, indent=2) + "\n")
 
 
 def record_seconds(out_dir: Path, started: float) -> None:
