@@ -167,28 +167,29 @@ def _cell_detail(text: str | None) -> str | None:
     return text
 
 
-def _curriculum(text: str | None) -> tuple[tuple[str, int], ...] | None:
-    """``--curriculum`` parsed (None: the recipe's default); a malformed value is a usage error."""
-    from bench.training.runs import parse_curriculum
-
+def _parsed(text: str | None, parse: Any, option: str) -> Any:
+    """``text`` parsed by ``parse`` (None: the recipe's default); a ``ValueError`` is a usage error
+    of ``option``."""
     if text is None:
         return None
     try:
-        return parse_curriculum(text)
+        return parse(text)
     except ValueError as error:
-        raise typer.BadParameter(str(error), param_hint="--curriculum") from None
+        raise typer.BadParameter(str(error), param_hint=option) from None
+
+
+def _curriculum(text: str | None) -> tuple[tuple[str, int], ...] | None:
+    """``--curriculum`` parsed (None: the recipe's default)."""
+    from bench.training.runs import parse_curriculum
+
+    return _parsed(text, parse_curriculum, "--curriculum")
 
 
 def _polish_mix(text: str | None) -> tuple[tuple[str, int], ...] | None:
-    """``--polish-mix`` parsed (None: the recipe's default); a malformed value is a usage error."""
+    """``--polish-mix`` parsed (None: the recipe's default)."""
     from bench.training.runs import parse_mix
 
-    if text is None:
-        return None
-    try:
-        return parse_mix(text)
-    except ValueError as error:
-        raise typer.BadParameter(str(error), param_hint="--polish-mix") from None
+    return _parsed(text, parse_mix, "--polish-mix")
 
 
 # Options both tiny-model train commands share (stage L and the alignment of stages 1 and 2).
