@@ -185,6 +185,16 @@ def _curriculum(text: str | None) -> tuple[tuple[str, int], ...] | None:
     return _parsed(text, parse_curriculum, "--curriculum")
 
 
+def _polish_captions(text: str | None) -> str | None:
+    """``--polish-captions`` checked before any training starts."""
+    from adapters.rgpt.train import POLISH_CAPTIONS
+
+    if text is not None and text not in POLISH_CAPTIONS:
+        raise typer.BadParameter(f"{text!r}: expected one of {', '.join(POLISH_CAPTIONS)}",
+                                 param_hint="--polish-captions")
+    return text
+
+
 def _polish_mix(text: str | None) -> tuple[tuple[str, int], ...] | None:
     """``--polish-mix`` parsed (None: the recipe's default)."""
     from bench.training.runs import parse_mix
@@ -275,6 +285,9 @@ def train_rgpt(
     polish_mix: Annotated[Optional[str], typer.Option(
         help="Conversations of the polish stage per kind: KIND=COUNT or KIND:DATASET=COUNT, comma-separated "
              "(default: Recipe.polish_mix, RefCOCOg's captions leading).")] = None,
+    polish_captions: Annotated[Optional[str], typer.Option(
+        help="Which sentences of each RefCOCOg ref the polish stage's captions train on: all, or longest "
+             "(its longest sentence only; default: Recipe.polish_captions).")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Conversations per step.")] = None,
     image_size: Annotated[Optional[int], typer.Option(help="Input resolution of the tiny model.")] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar with the loss.")] = True,
@@ -288,6 +301,7 @@ def train_rgpt(
 
     overrides = {"seed": seed, "stage1_steps": stage1_steps, "stage2_steps": stage2_steps,
                  "polish_steps": polish_steps, "polish_lr": polish_lr, "polish_mix": _polish_mix(polish_mix),
+                 "polish_captions": _polish_captions(polish_captions),
                  "batch_size": batch_size, "image_size": image_size,
                  "train_images": train_images, "vision_steps": vision_steps,
                  "vision_finish_steps": vision_finish_steps,

@@ -88,12 +88,17 @@ def test_train_then_evaluate_tiny_rgpt(small_suite: Path, tmp_path: Path) -> Non
     wrong = run_bench("train", "rgpt", "--out", str(tmp_path / "never"), "--polish-mix", "captions=3")
     message = " ".join(wrong.stderr.replace("│", " ").split())
     assert wrong.returncode != 0 and "mix entry 'captions=3'" in message and not (tmp_path / "never").exists()
+    wrong = run_bench("train", "rgpt", "--out", str(tmp_path / "never"), "--polish-captions", "shortest")
+    message = " ".join(wrong.stderr.replace("│", " ").split())
+    assert wrong.returncode != 0 and "'shortest': expected one of all, longest" in message
+    assert not (tmp_path / "never").exists()
 
     # The polish stage added to the finished run trains on from its weights (stages 0 to 2 are not
     # redone), on the bare model, with its own log and resume in polish/.
     polished = list(args)
     polished[args.index("--polish-steps") + 1] = "2"
-    polished += ["--polish-lr", "0.001", "--polish-mix", "caption:refcocog=5,uniqueness=3"]
+    polished += ["--polish-lr", "0.001", "--polish-mix", "caption:refcocog=5,uniqueness=3",
+                 "--polish-captions", "longest"]
     result = run_bench(*polished)
     assert result.returncode == 0, result.stderr
     assert json.loads((out / "log.json").read_text()) == log  # stages 1 and 2 untouched
@@ -104,6 +109,7 @@ def test_train_then_evaluate_tiny_rgpt(small_suite: Path, tmp_path: Path) -> Non
                                                                              "model.safetensors")))
     recipe = json.loads((out / "recipe.json").read_text())["recipe"]
     assert recipe["polish_steps"] == 2 and recipe["polish_mix"] == [["caption:refcocog", 5], ["uniqueness", 3]]
+    assert recipe["polish_captions"] == "longest"
     polished_weights = load_file(str(out / "model.safetensors"))
     assert any(not (polished_weights[k] == v).all() for k, v in weights.items())
     # The polish stage trains refinement, connector and LLM; the tower stays the frozen stage-0 one.

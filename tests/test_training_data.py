@@ -27,6 +27,7 @@ from bench.training.conversations import (
     build_conversations,
     fingerprint,
     kind_counts,
+    longest_phrasings,
     mix,
 )
 from tasks.captioning import PROMPT as CAPTION_PROMPT
@@ -275,6 +276,24 @@ def test_mix_reweights_deterministically(conversations: list[Conversation]) -> N
         mix(conversations, {"nonsense": 1})  # a kind the data lacks: a user error naming it
     with pytest.raises(ValueError):
         mix(conversations, {"rec": -1})
+
+
+def test_longest_phrasings_keep_one_sentence_per_refcocog_ref(root: Path,
+                                                              conversations: list[Conversation]) -> None:
+    refcocog = load_refcocog(dataset_path(root, "refcocog_refs"), dataset_path(root, "refcocog_instances"))
+    longest = {max(ref.expressions, key=lambda e: len(e.text.split())).text
+               for ref in refcocog.split("train")}  # the first of equally long ones
+    kept = longest_phrasings(conversations)
+    captions = [c for c in kept if c.kind == "caption" and c.source.startswith("refcocog:")]
+    assert len(captions) == len(refcocog.split("train")) < len(
+        [c for c in conversations if c.kind == "caption" and c.source.startswith("refcocog:")])
+    assert {c.turns[0][1] for c in captions} == longest
+    assert any(len(ref.expressions) > 1 for ref in refcocog.split("train"))  # the test cuts something
+    assert "the only" in " ".join(c.turns[0][1].lower() for c in captions)  # "the only ring" over "the ring"
+    # Everything else is kept, in order.
+    others = [c for c in conversations if not (c.kind == "caption" and c.source.startswith("refcocog:"))]
+    assert [c for c in kept if not (c.kind == "caption" and c.source.startswith("refcocog:"))] == others
+    assert longest_phrasings(kept) == kept
 
 
 def test_conversations_feed_the_trainer(conversations: list[Conversation], tmp_path: Path) -> None:

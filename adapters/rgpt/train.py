@@ -35,8 +35,9 @@ from typing import Any
 
 import torch
 
+from bench.errors import ConfigError
 from bench.training import Conversation, Stage, build_conversations, mix, train
-from bench.training.conversations import vocabulary_texts
+from bench.training.conversations import longest_phrasings, vocabulary_texts
 from bench.training.runs import (
     POLISH_DIR,
     VISION_DIR,
@@ -55,6 +56,9 @@ from bench.training.vision import (
     init_sincos_positions,
     resize_positions,
 )
+
+# Recipe.polish_captions: which sentences of each RefCOCOg ref the polish stage trains on.
+POLISH_CAPTIONS: tuple[str, ...] = ("all", "longest")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,6 +140,9 @@ class Recipe:
         ("classification", 4000), ("caption:refcocog", 20000), ("caption:vg", 6000), ("relation", 2000),
         ("rec", 8000), ("pope", 8000),
     )
+    # Which sentences of a RefCOCOg ref the polish stage's captions train on: "all", or "longest"
+    # (bench.training.conversations.longest_phrasings says why).
+    polish_captions: str = "all"
 
 
 def stages(recipe: Recipe, prefix: str = "") -> list[Stage]:
@@ -266,6 +273,8 @@ def train_tiny_rgpt(data_root: Path | None, out_dir: Path, recipe: Recipe = Reci
     from adapters.rgpt.modeling_rgpt import RGPTForCausalLM
     from adapters.rgpt.processing_rgpt import RGPTProcessor, build_word_tokenizer, config_token_ids, load_tokenizer
 
+    if recipe.polish_captions not in POLISH_CAPTIONS:
+        raise ConfigError(f"polish_captions {recipe.polish_captions!r}: expected one of {', '.join(POLISH_CAPTIONS)}")
     started = time.time()
     data_root = Path(data_root) if data_root is not None else training_suite(recipe)
     torch.manual_seed(recipe.seed)
@@ -314,7 +323,8 @@ def train_tiny_rgpt(data_root: Path | None, out_dir: Path, recipe: Recipe = Reci
     if recipe.polish_steps:
         # The bare model with the plain collate, in polish/ (its own log and resume): a polish stage
         # added to a finished run trains on from its final weights, stages 1 and 2 untouched.
-        polish_set = {"polish": mix(base, dict(recipe.polish_mix), seed=recipe.seed)}
+        polish_pool = longest_phrasings(base) if recipe.polish_captions == "longest" else base
+        polish_set = {"polish": mix(polish_pool, dict(recipe.polish_mix), seed=recipe.seed)}
         train(model, polish_set, cached_collate(), [polish_stage(recipe)], out_dir / POLISH_DIR,
               seed=recipe.seed, save_model=save, progress=progress)
     record_seconds(out_dir, started)
@@ -328,7 +338,6 @@ def _checkpoint_to_polish(checkpoint: Path, out_dir: Path, recipe: Recipe) -> tu
 
     from adapters.rgpt.modeling_rgpt import RGPTForCausalLM
     from adapters.rgpt.processing_rgpt import load_tokenizer
-    from bench.errors import ConfigError
 
     if not recipe.polish_steps:
         raise ConfigError(f"polish from {checkpoint}: give the polish stage steps (--polish-steps N)")

@@ -229,6 +229,38 @@ def mix(conversations: Sequence[Conversation], counts: Mapping[str, int], seed: 
     return out
 
 
+def longest_phrasings(conversations: Sequence[Conversation]) -> list[Conversation]:
+    """``conversations`` with each RefCOCOg ref's caption conversations cut to its longest sentence
+    (most words; the first of equals), everything else kept, in order.
+
+    Why: a ref's sentences are paraphrases of one description, and the long forms ("the only
+    ring", "the ring that is red") say in words which choice the description made, where the
+    short ones ("the ring", "the red ring") leave it to a missing word. CIDEr, which weighs
+    n-grams up to 4, rewards a caption in the long form twice over: a two-word caption has no 3-
+    or 4-grams to match. Trained on every sentence, the tiny RGPT answers in either form at
+    about even odds; trained on the longest, in the long one (docs/rgpt-training-log.md)."""
+    longest: dict[str, Conversation] = {}
+    for conversation in conversations:
+        ref = _refcocog_caption_ref(conversation)
+        if ref is not None:
+            best = longest.get(ref)
+            if best is None or _answer_words(conversation) > _answer_words(best):
+                longest[ref] = conversation
+    kept = {id(c) for c in longest.values()}
+    return [c for c in conversations if _refcocog_caption_ref(c) is None or id(c) in kept]
+
+
+def _refcocog_caption_ref(conversation: Conversation) -> str | None:
+    """The ref id of a RefCOCOg caption conversation (``source`` ``"refcocog:{ref_id}-{sent_id}"``)."""
+    if conversation.kind != "caption" or not conversation.source.startswith("refcocog:"):
+        return None
+    return conversation.source.removeprefix("refcocog:").rpartition("-")[0]
+
+
+def _answer_words(conversation: Conversation) -> int:
+    return len(conversation.turns[-1][1].split())
+
+
 # --------------------------------------------------------------------- kinds
 
 
