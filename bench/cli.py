@@ -277,7 +277,7 @@ def train_rgpt(
     stage2_steps: Annotated[Optional[int], typer.Option(help="Stage 2 steps on the full mix (+ LLM).")] = None,
     polish_steps: Annotated[Optional[int], typer.Option(
         help="Steps of the closing polish stage (stage 2's parameters at --polish-lr, RefCOCOg's captions "
-             "weighted up; default 0: none; README, runs U to W). On a finished run, it trains on from it.")] = None,
+             "weighted up; default 1200; 0: none). On a finished run, it trains on from it.")] = None,
     polish_lr: Annotated[Optional[float], typer.Option(help="Peak learning rate of the polish stage.")] = None,
     polish_from: Annotated[Optional[Path], typer.Option(
         help="A tiny RGPT checkpoint directory to run only the polish stage on (instead of stages 0 to 2); "

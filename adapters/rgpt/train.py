@@ -131,10 +131,11 @@ class Recipe:
     # Stage "polish": stage 2's parameters, a quarter of its rate, on a mix led by RefCOCOg's captions,
     # on the bare model (no alignment terms; its own directory, polish/). Why: which description a
     # RefCOCOg reference chooses ("the ring" when no other ring is there, "the red ring" when one is)
-    # is what keeps refcocog-cap's CIDEr low. On run S, 1200 such steps raised every score (README,
-    # run U; 2400 steps, run V, no better); with the alignment terms on, vg-cap's CIDEr fell from 296
-    # to 249 instead (run W). Off by default (0) until a run from scratch has measured it.
-    polish_steps: int = 0
+    # is what keeps refcocog-cap's CIDEr low. On run S, 1200 such steps raised every score (training
+    # log, run U; 2400 steps, run V, no better); with the alignment terms on, vg-cap's CIDEr fell from
+    # 296 to 249 instead (run W). With the longest sentence of each ref (below), 1200 steps on the
+    # defaults' stage-2 checkpoint gave the embedded checkpoint (run PA), the first to meet every minimum.
+    polish_steps: int = 1200
     polish_lr: float = 5e-4
     polish_mix: tuple[tuple[str, int], ...] = (
         ("classification", 4000), ("caption:refcocog", 20000), ("caption:vg", 6000), ("relation", 2000),
@@ -142,7 +143,7 @@ class Recipe:
     )
     # Which sentences of a RefCOCOg ref the polish stage's captions train on: "all", or "longest"
     # (bench.training.conversations.longest_phrasings says why).
-    polish_captions: str = "all"
+    polish_captions: str = "longest"
 
 
 def stages(recipe: Recipe, prefix: str = "") -> list[Stage]:
