@@ -50,8 +50,9 @@ def test_a_copy_of_the_base_trains_on_from_stage_one(tmp_path: Path) -> None:
     out = tmp_path / "run"
     shutil.copytree(BASE, out)
     result = run_bench("train", "rgpt", "--out", str(out), "--data-root", str(suite), "--stage1-steps", "1",
-                       "--stage2-steps", "1", "--batch-size", "2", "--no-progress")
+                       "--stage2-steps", "1", "--polish-steps", "2", "--batch-size", "2", "--no-progress")
     assert result.returncode == 0, result.stderr
     assert [r["stage"] for r in json.loads((out / "log.json").read_text())] == ["stage1", "stage2"]
+    assert [r["stage"] for r in json.loads((out / "polish" / "log.json").read_text())] == ["polish", "polish"]
     assert not (out / "vision" / "start").exists()  # stage 0 was not run again
     assert (out / "model.safetensors").is_file()
