@@ -237,8 +237,9 @@ def longest_phrasings(conversations: Sequence[Conversation]) -> list[Conversatio
     ring", "the ring that is red") say in words which choice the description made, where the
     short ones ("the ring", "the red ring") leave it to a missing word. CIDEr, which weighs
     n-grams up to 4, rewards a caption in the long form twice over: a two-word caption has no 3-
-    or 4-grams to match. Trained on every sentence, the tiny RGPT answers in either form at
-    about even odds; trained on the longest, in the long one (docs/rgpt-training-log.md)."""
+    or 4-grams to match. Trained on every sentence (stage 2), the tiny RGPT answered "the only
+    ring" for 1 of the 56 evaluation regions whose category is unique; polished on the longest,
+    for 19, and refcocog-cap's CIDEr rose from 317.8 to 369.5 (docs/rgpt-training-log.md, run PA)."""
     longest: dict[str, Conversation] = {}
     for conversation in conversations:
         ref = _refcocog_caption_ref(conversation)
