@@ -187,7 +187,7 @@ def _curriculum(text: str | None) -> tuple[tuple[str, int], ...] | None:
 
 def _polish_captions(text: str | None) -> str | None:
     """``--polish-captions`` checked before any training starts."""
-    from adapters.rgpt.train import POLISH_CAPTIONS
+    from bench.training.runs import POLISH_CAPTIONS
 
     if text is not None and text not in POLISH_CAPTIONS:
         raise typer.BadParameter(f"{text!r}: expected one of {', '.join(POLISH_CAPTIONS)}",
@@ -338,6 +338,10 @@ def train_gpt4roi(
         help="Checkpoint whose vision_tower.* starts stage 0 (default: the embedded tiny RGPT); 'none': "
              "train the tower from scratch.")] = None,
     vision_steps: Annotated[Optional[int], typer.Option(help="Stage 0 steps (tower adaptation).")] = None,
+    init_llm: Annotated[Optional[str], typer.Option(
+        help="A tiny RGPT run directory whose language/llm.safetensors (its LLM after stage L) starts the LLM, "
+             "rows matched by token text (default: the committed adapters/rgpt/checkpoints/tiny-base); "
+             "'none': a random LLM.")] = None,
     language_easy_steps: LanguageEasySteps = None,
     language_steps: Annotated[Optional[int], typer.Option(
         help="Stage L steps on the whole verbalized mix (default 0: no stage L; see README).")] = None,
@@ -355,13 +359,25 @@ def train_gpt4roi(
     curriculum: Annotated[Optional[str], typer.Option(
         help="Phases that open stage 2, each on one conversation kind or a union of kinds: "
              "KIND=STEPS or KIND+KIND=STEPS, comma-separated "
-             "(default classification=1500; 'none': the full mix only).")] = None,
+             "(default: none, the full mix from the start; with --init-llm none, classification=1500 "
+             "is what makes a random LLM read the vision tokens).")] = None,
     stage2_steps: Annotated[Optional[int], typer.Option(help="Stage 2 steps on the full mix (+ LLM).")] = None,
+    polish_steps: Annotated[Optional[int], typer.Option(
+        help="Steps of the closing polish stage (stage 2's parameters at --polish-lr, RefCOCOg's captions "
+             "weighted up; 0: none). On a finished run, it trains on from it.")] = None,
+    polish_lr: Annotated[Optional[float], typer.Option(help="Peak learning rate of the polish stage.")] = None,
+    polish_mix: Annotated[Optional[str], typer.Option(
+        help="Conversations of the polish stage per kind: KIND=COUNT or KIND:DATASET=COUNT, comma-separated "
+             "(default: Recipe.polish_mix, RefCOCOg's captions leading).")] = None,
+    polish_captions: Annotated[Optional[str], typer.Option(
+        help="Which sentences of each RefCOCOg ref the polish stage's captions train on: all, or longest "
+             "(its longest sentence only; default: Recipe.polish_captions).")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Conversations per step.")] = None,
     image_size: Annotated[Optional[int], typer.Option(help="Input resolution of the tiny model.")] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar with the loss.")] = True,
 ) -> None:
-    """Train the tiny GPT4RoI: stage 0 (its tiny CLIP), then GPT4RoI's two stages."""
+    """Train the tiny GPT4RoI: stage 0 (its tiny CLIP), its LLM from the tiny RGPT's stage L, then
+    GPT4RoI's two stages and a polish stage."""
     import dataclasses
 
     from adapters.gpt4roi.train import Recipe, train_tiny_gpt4roi
@@ -379,10 +395,15 @@ def train_gpt4roi(
                                  "align_weight": align_weight, "vision_aux_weight": vision_aux_weight,
                                  "contrast_weight": contrast_weight, "contrast_temperature": contrast_temperature,
                                  "image_align_share": image_align_share,
-                                 "curriculum": _curriculum(curriculum)}
+                                 "curriculum": _curriculum(curriculum),
+                                 "polish_steps": polish_steps, "polish_lr": polish_lr,
+                                 "polish_mix": _polish_mix(polish_mix),
+                                 "polish_captions": _polish_captions(polish_captions)}
     recipe = dataclasses.replace(Recipe(), **{k: v for k, v in overrides.items() if v is not None})
     if init_tower is not None:
         recipe = dataclasses.replace(recipe, init_tower=None if init_tower.lower() == "none" else init_tower)
+    if init_llm is not None:
+        recipe = dataclasses.replace(recipe, init_llm=None if init_llm.lower() == "none" else init_llm)
     root = train_tiny_gpt4roi(resolve_data_root(data_root) if data_root is not None else None, out, recipe,
                               progress=progress)
     typer.echo(f"saved the tiny GPT4RoI checkpoint to {root}; evaluate it with "

@@ -22,7 +22,7 @@ def test_train_then_evaluate_tiny_gpt4roi(small_suite: Path, tmp_path: Path) -> 
     out = tmp_path / "ckpt"
     args = ["train", "gpt4roi", "--out", str(out), "--data-root", str(small_suite), "--init-tower", "none",
             "--vision-steps", "2", "--language-steps", "2", "--stage1-steps", "2", "--curriculum",
-            "classification=1", "--stage2-steps", "2",
+            "classification=1", "--stage2-steps", "2", "--polish-steps", "2",
             "--batch-size", "4",
             "--image-size", "64", "--no-progress"]
     trained = run_bench(*args)
@@ -30,6 +30,9 @@ def test_train_then_evaluate_tiny_gpt4roi(small_suite: Path, tmp_path: Path) -> 
     log = json.loads((out / "log.json").read_text())
     assert [(r["stage"], r["step"]) for r in log] == [("stage1", 1), ("stage1", 2), ("stage2-classification", 1),
                                                       ("stage2", 1), ("stage2", 2)]
+    polish_log = json.loads((out / "polish" / "log.json").read_text())
+    assert [(r["stage"], r["step"]) for r in polish_log] == [("polish", 1), ("polish", 2)]
+    assert json.loads((out / "recipe.json").read_text())["recipe"]["init_llm"].endswith("tiny-base")
     weights = load_file(str(out / "model.safetensors"))
     tower = load_file(str(out / "vision" / "tower.safetensors"))
     assert all((weights[f"vision_tower.{k}"] == v).all() for k, v in tower.items())  # frozen after stage 0
@@ -86,3 +89,43 @@ def test_stage0_starts_from_another_checkpoints_tower(tmp_path: Path) -> None:
     loaded = target.vision_tower.embeddings
     assert torch.equal(loaded.patch_embedding.weight, larger.vision_tower.embeddings.patch_embedding.weight)
     assert loaded.position_embedding.weight.shape[0] == 1 + target.config.patch_grid ** 2 != 1 + 12 * 12
+
+
+def test_the_llm_starts_from_another_vocabularys_llm_row_by_word(tmp_path: Path) -> None:
+    """init_llm_by_words: transformer weights copied, embedding and lm_head rows matched by token text,
+    rows of words the source never saw left as initialised; another shape is refused."""
+    import torch
+    from safetensors.torch import save_file
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from adapters.gpt4roi.processing_gpt4roi import build_word_tokenizer
+    from adapters.rgpt.processing_rgpt import build_word_tokenizer as build_rgpt_tokenizer
+    from bench.training.runs import init_llm_by_words
+
+    source_tokenizer = build_rgpt_tokenizer(["the red ring", "is there a star"])
+    tokenizer = build_word_tokenizer(["the blue ring", "is there a heart"])
+
+    def llm(vocab: int, hidden: int = 16) -> LlamaForCausalLM:
+        return LlamaForCausalLM(LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=32,
+                                            num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2))
+
+    torch.manual_seed(0)
+    source = llm(len(source_tokenizer))
+    save_file({k: v.contiguous() for k, v in source.state_dict().items()}, str(tmp_path / "llm.safetensors"))
+    target = llm(len(tokenizer))
+    before = {k: v.clone() for k, v in target.state_dict().items()}
+    matched = init_llm_by_words(target, tmp_path / "llm.safetensors", tokenizer, source_tokenizer)
+
+    shared = sorted(set(tokenizer.get_vocab()) & set(source_tokenizer.get_vocab()))
+    assert {"the", "ring", "is", "there", "a", "<s>", "</s>"} <= set(shared) and matched == len(shared)
+    assert "blue" not in shared and "red" not in shared
+    for key in ("model.embed_tokens.weight", "lm_head.weight"):
+        for word in shared:
+            row, source_row = tokenizer.get_vocab()[word], source_tokenizer.get_vocab()[word]
+            assert torch.equal(target.state_dict()[key][row], source.state_dict()[key][source_row])
+        blue = tokenizer.get_vocab()["blue"]
+        assert torch.equal(target.state_dict()[key][blue], before[key][blue])
+    assert torch.equal(target.model.layers[0].mlp.up_proj.weight, source.model.layers[0].mlp.up_proj.weight)
+
+    with pytest.raises(ValueError, match="same LLaMA shape"):
+        init_llm_by_words(llm(len(tokenizer), hidden=32), tmp_path / "llm.safetensors", tokenizer, source_tokenizer)

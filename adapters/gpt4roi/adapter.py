@@ -2,8 +2,10 @@
 
 ``--model-args``:
 
-* ``size=tiny`` (default): the same network at CPU size; ``pretrained=DIR`` is a directory
-  written by :meth:`~adapters.gpt4roi.modeling_gpt4roi.GPT4RoIForCausalLM.save_pretrained`
+* ``size=tiny`` (default): the same network at CPU size, trained on the synthetic suite;
+  without ``pretrained=`` the embedded checkpoint ``adapters/gpt4roi/checkpoints/tiny/`` is used
+  (``bench train gpt4roi`` writes it); ``pretrained=DIR`` is a directory written by
+  :meth:`~adapters.gpt4roi.modeling_gpt4roi.GPT4RoIForCausalLM.save_pretrained`
   (config.json, model.safetensors, tokenizer.json).
 * ``size=full``: the released GPT4RoI-7B. ``pretrained=DIR`` is the output of
   ``bench convert gpt4roi`` (the delta applied to LLaMA-7B: safetensors shards, the released
@@ -18,6 +20,7 @@ leading ``Assistant:`` is dropped, as the released demo does.
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -33,6 +36,7 @@ if TYPE_CHECKING:
     from adapters.gpt4roi.modeling_gpt4roi import EncodedImages, GPT4RoIForCausalLM
 
 INDEX_NAME = "model.safetensors.index.json"
+EMBEDDED_TINY = Path(__file__).resolve().parent / "checkpoints" / "tiny"
 
 
 @register_adapter
@@ -50,12 +54,7 @@ class GPT4RoIAdapter(RegionLMAdapter):
         from adapters.gpt4roi.processing_gpt4roi import GPT4RoIProcessor, load_llama_tokenizer, load_tokenizer
 
         self.setup(size, dtype, device, batch_size, max_new_tokens)
-        if pretrained is None:
-            raise ConfigError(
-                "gpt4roi needs weights: pretrained=DIR (size=full: the output of `bench convert gpt4roi`, "
-                "plus vision_tower=CLIP_DIR; size=tiny: a directory written by GPT4RoIForCausalLM.save_pretrained)"
-            )
-        directory = Path(pretrained)
+        directory = self._checkpoint(size, pretrained)
         if not directory.is_dir() or not (directory / "config.json").is_file():
             raise ConfigError(f"pretrained={pretrained}: expected a directory with config.json and "
                               f"{WEIGHTS_NAME} or {INDEX_NAME}")
@@ -81,6 +80,19 @@ class GPT4RoIAdapter(RegionLMAdapter):
         if vision_tower is not None:
             self.checkpoint_files.append(Path(vision_tower) / "config.json")
 
+    @staticmethod
+    def _checkpoint(size: str, pretrained: Path | None) -> Path:
+        if pretrained is not None:
+            return Path(pretrained)
+        if size == "full":
+            raise ConfigError("size=full needs weights: pretrained=DIR (the output of `bench convert gpt4roi`) "
+                              "plus vision_tower=CLIP_DIR")
+        if not (EMBEDDED_TINY / WEIGHTS_NAME).is_file():
+            raise ConfigError(f"the embedded tiny GPT4RoI checkpoint ({EMBEDDED_TINY}) does not exist yet: train it "
+                              "with `bench train gpt4roi`, or pass pretrained=DIR")
+        print(f"using the embedded tiny GPT4RoI checkpoint {EMBEDDED_TINY}", file=sys.stderr)
+        return EMBEDDED_TINY
+
     @classmethod
     def meta_model(cls, size: str = "tiny", pretrained: Path | None = None, **_: Any) -> GPT4RoIForCausalLM:
         """The network on the meta device (no weights, no memory), for ``bench inspect``."""
@@ -92,8 +104,9 @@ class GPT4RoIAdapter(RegionLMAdapter):
 
         if size not in SIZES:
             raise ConfigError(f"size={size!r}: choose tiny or full")
-        if pretrained is not None and (Path(pretrained) / "config.json").is_file():
-            config = GPT4RoIConfig.load(pretrained)
+        source = Path(pretrained) if pretrained is not None else (EMBEDDED_TINY if size == "tiny" else None)
+        if source is not None and (source / "config.json").is_file():
+            config = GPT4RoIConfig.load(source)
         elif size == "full":
             config = GPT4RoIConfig.full()
         else:

@@ -14,8 +14,14 @@ RGPT's. Then the tower is frozen and its hidden states (the image-token layer an
 levels) are computed once per training image and reused by every step
 (``vision_states=``, the same numbers as running the tower).
 
+The LLM: both papers start from Vicuna. The tiny GPT4RoI's LLM starts from the tiny RGPT's
+stand-in for it, the LLM after RGPT's text-only stage L (``Recipe.init_llm``, default the
+committed ``adapters/rgpt/checkpoints/tiny-base``), its rows matched to GPT4RoI's vocabulary by
+word (:func:`bench.training.runs.init_llm_by_words`). So stage 2 needs no classification-only
+opening, and is short. The run closes with RGPT's polish stage (:func:`bench.training.runs.polish`).
+
 Layout of ``out_dir``: ``config.json``, ``model.safetensors``, ``tokenizer.json``,
-``recipe.json``, ``vision/`` (the tower and its log), ``log.json``, ``resume/``.
+``recipe.json``, ``vision/`` (the tower and its log), ``log.json``, ``resume/``, ``polish/``.
 Re-running the same call resumes.
 """
 
@@ -29,13 +35,19 @@ from typing import Any
 
 import torch
 
+from bench.errors import ConfigError
 from bench.training import Conversation, Stage, build_conversations, mix, train
 from bench.training.conversations import vocabulary_texts
 from bench.training.runs import (
+    LANGUAGE_DIR,
+    LLM_FILE,
+    POLISH_CAPTIONS,
     drawn_beyond_mix,
     example_sets,
+    init_llm_by_words,
     language_then_alignment,
     paper_stages,
+    polish,
     record_seconds,
     run_tokenizer,
     stage0_tower,
@@ -44,6 +56,8 @@ from bench.training.runs import (
 from bench.training.vision import VisionRecipe, build_vision_examples, init_sincos_positions, resize_positions
 
 RGPT_TINY = Path(__file__).resolve().parents[1] / "rgpt" / "checkpoints" / "tiny"
+# The tiny RGPT's LLM after its text-only stage L: the tiny stand-in for Vicuna.
+RGPT_TINY_LANGUAGE = RGPT_TINY.with_name("tiny-base")
 LLM_PREFIXES = ("model.embed_tokens.", "model.layers.", "model.norm.", "lm_head.")
 EXTRACTOR_PREFIXES = ("model.mm_projector.", "model.spi_module.")
 
@@ -59,6 +73,12 @@ class Recipe:
     vision_steps: int = 3000       # stage 0 steps (12000 from scratch)
     vision_batch_size: int = 16
     vision_lr: float = 1e-3
+    # Stage 0 also learns which categories each cell of the grid pooled to this side shows, as the
+    # tiny RGPT's does (what POPE asks of the image tokens); 0: off.
+    vision_presence_grid: int = 4
+    # A checkpoint directory whose language/llm.safetensors (and tokenizer.json) starts the LLM
+    # (bench.training.runs.init_llm_by_words); None: a random LLM, as before stage L.
+    init_llm: str | None = str(RGPT_TINY_LANGUAGE)
     # Stage L and the alignment of stages 1 and 2, as the tiny RGPT's (adapters.rgpt.train);
     # off by default here: with 256 image tokens stage L costs about 5x RGPT's, and it has
     # not been measured on GPT4RoI yet.
@@ -75,17 +95,30 @@ class Recipe:
     contrast_weight: float = 0.1
     contrast_temperature: float = 0.01
     image_align_share: float = 1.0
-    stage1_steps: int = 200
-    # Stage 2 opens with region classification alone (bench.training.runs.paper_stages says why).
-    curriculum: tuple[tuple[str, int], ...] = (("classification", 1500),)
-    stage2_steps: int = 2500
+    stage1_steps: int = 300
+    # Phases opening stage 2 (bench.training.runs.paper_stages): a random LLM needs region
+    # classification alone first to read the vision tokens; the stage-L LLM (init_llm) does not.
+    curriculum: tuple[tuple[str, int], ...] = ()
+    stage2_steps: int = 1000
     batch_size: int = 32
     stage1_lr: float = 2e-3
-    stage2_lr: float = 1e-3
+    stage2_lr: float = 2e-3
     warmup_steps: int = 100
     mix: tuple[tuple[str, int], ...] = (
-        ("classification", 12000), ("caption", 12000), ("relation", 6000), ("rec", 20000), ("pope", 12000),
+        ("classification", 12000), ("caption", 24000), ("relation", 6000), ("rec", 20000), ("pope", 24000),
     )
+    # The closing polish stage, as the tiny RGPT's (adapters.rgpt.train.Recipe says why).
+    polish_steps: int = 400
+    polish_lr: float = 5e-4
+    polish_mix: tuple[tuple[str, int], ...] = (
+        ("classification", 4000), ("caption:refcocog", 20000), ("caption:vg", 6000), ("relation", 2000),
+        ("rec", 8000), ("pope", 8000),
+    )
+    polish_captions: str = "longest"
+
+
+# What the polish stage trains (stage 2's parameters, on the bare model).
+POLISH_TRAINED = (*EXTRACTOR_PREFIXES, *LLM_PREFIXES)
 
 
 def stages(recipe: Recipe, prefix: str = "") -> list[Stage]:
@@ -156,6 +189,15 @@ def _initial_tower(model: Any, recipe: Recipe) -> None:
     model.vision_tower.load_state_dict(resize_positions(state, model.config.patch_grid))
 
 
+def _initial_llm(model: Any, tokenizer: Any, checkpoint: Path, load_tokenizer: Any) -> None:
+    weights = checkpoint / LANGUAGE_DIR / LLM_FILE
+    if not weights.is_file() or not (checkpoint / "tokenizer.json").is_file():
+        raise FileNotFoundError(f"init_llm={checkpoint}: no {weights} or tokenizer.json there (a tiny RGPT run "
+                                "directory after stage L, such as adapters/rgpt/checkpoints/tiny-base; or set "
+                                "init_llm=None for a random LLM)")
+    init_llm_by_words(model.llm, weights, tokenizer, load_tokenizer(checkpoint))
+
+
 def train_tiny_gpt4roi(data_root: Path | None, out_dir: Path, recipe: Recipe = Recipe(), progress: bool = True,
                        conversations: Sequence[Conversation] | None = None) -> Path:
     """Train the tiny GPT4RoI on ``data_root``'s training split (default: the RGPT training suite);
@@ -171,6 +213,8 @@ def train_tiny_gpt4roi(data_root: Path | None, out_dir: Path, recipe: Recipe = R
     )
     from bench.synthetic import SuiteParams, default_suite_dir
 
+    if recipe.polish_captions not in POLISH_CAPTIONS:
+        raise ConfigError(f"polish_captions {recipe.polish_captions!r}: expected one of {', '.join(POLISH_CAPTIONS)}")
     started = time.time()
     data_root = Path(data_root) if data_root is not None else default_suite_dir(SuiteParams(
         n_train=recipe.train_images))
@@ -184,6 +228,8 @@ def train_tiny_gpt4roi(data_root: Path | None, out_dir: Path, recipe: Recipe = R
     config = GPT4RoIConfig.tiny(len(tokenizer), config_token_ids(tokenizer), image_size=recipe.image_size)
     model = GPT4RoIForCausalLM(config)
     processor = GPT4RoIProcessor(tokenizer, config)
+    if recipe.init_llm is not None:
+        _initial_llm(model, tokenizer, Path(recipe.init_llm), load_tokenizer)
 
     write_recipe(out_dir, recipe, data_root, base, examples)
     stage0_tower(model.vision_tower, out_dir, lambda: _initial_tower(model, recipe),
@@ -191,14 +237,19 @@ def train_tiny_gpt4roi(data_root: Path | None, out_dir: Path, recipe: Recipe = R
                                                lambda regions, w, h: stretched_masks(regions, w, h, config.image_size),
                                                config.patch_grid),
                  config.vision_select_layer, VisionRecipe(steps=recipe.vision_steps, lr=recipe.vision_lr,
-                                                          seed=recipe.seed, batch_size=recipe.vision_batch_size),
+                                                          seed=recipe.seed, batch_size=recipe.vision_batch_size,
+                                                          presence_grid=recipe.vision_presence_grid),
                  progress=progress)
 
     # Stage L (off by default; see Recipe): text only, vision tokens as words, images stretched;
     # then the alignment of stages 1 and 2 (bench.training.alignment).
+    plain: list[CachedCollate] = []  # built once: stages 1 and 2 and the polish stage share the states
+
     def cached_collate() -> CachedCollate:
-        states, sizes = precompute_states(model, processor, {c.image.key: c.image for c in base})
-        return CachedCollate(processor, states, sizes)
+        if not plain:
+            states, sizes = precompute_states(model, processor, {c.image.key: c.image for c in base})
+            plain.append(CachedCollate(processor, states, sizes))
+        return plain[0]
 
     sets = example_sets(base, examples, [kind for kind, _ in recipe.curriculum])
     trained, collate, prefix = language_then_alignment(model, processor, examples, data_root, out_dir, recipe,
@@ -207,8 +258,11 @@ def train_tiny_gpt4roi(data_root: Path | None, out_dir: Path, recipe: Recipe = R
                                                        later=drawn_beyond_mix(sets, stages(recipe)))
 
     def save(_: torch.nn.Module, directory: Path) -> None:
-        model.save_pretrained(directory, tokenizer=tokenizer)  # the model alone, without any wrapper
-    train(trained, sets, collate, stages(recipe, prefix), out_dir, seed=recipe.seed, save_model=save,
-          progress=progress)
+        model.save_pretrained(out_dir, tokenizer=tokenizer)  # the model alone, without any wrapper
+    # With a polish stage, out_dir's checkpoint is the polished model (written once it is done).
+    train(trained, sets, collate, stages(recipe, prefix), out_dir, seed=recipe.seed,
+          save_model=None if recipe.polish_steps else save, progress=progress)
+    if recipe.polish_steps:
+        polish(model, base, recipe, cached_collate(), POLISH_TRAINED, out_dir, save, progress)
     record_seconds(out_dir, started)
     return out_dir

@@ -36,15 +36,16 @@ from typing import Any
 import torch
 
 from bench.errors import ConfigError
-from bench.training import Conversation, Stage, build_conversations, mix, train
-from bench.training.conversations import longest_phrasings, vocabulary_texts
+from bench.training import Conversation, Stage, build_conversations, mix, runs, train
+from bench.training.conversations import vocabulary_texts
 from bench.training.runs import (
-    POLISH_DIR,
+    POLISH_CAPTIONS,
     VISION_DIR,
     drawn_beyond_mix,
     example_sets,
     language_then_alignment,
     paper_stages,
+    polish,
     record_seconds,
     run_tokenizer,
     stage0_tower,
@@ -56,9 +57,6 @@ from bench.training.vision import (
     init_sincos_positions,
     resize_positions,
 )
-
-# Recipe.polish_captions: which sentences of each RefCOCOg ref the polish stage trains on.
-POLISH_CAPTIONS: tuple[str, ...] = ("all", "longest")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -146,6 +144,10 @@ class Recipe:
     polish_captions: str = "longest"
 
 
+# What the polish stage trains (stage 2's parameters, on the bare model).
+POLISH_TRAINED = ("refinement.", "connector.", "llm.")
+
+
 def stages(recipe: Recipe, prefix: str = "") -> list[Stage]:
     """The paper's two stages: (1) refinement + connector; (2) + the LLM (:func:`bench.training.runs.paper_stages`).
     CLIP is never trained here. ``prefix``: where the model's parameters sit in the trained module
@@ -156,9 +158,7 @@ def stages(recipe: Recipe, prefix: str = "") -> list[Stage]:
 def polish_stage(recipe: Recipe) -> Stage:
     """The closing polish stage (``Recipe.polish_steps``): what stage 2 trains, on the bare model,
     at ``Recipe.polish_lr``, drawing from the example set ``polish`` (``Recipe.polish_mix``)."""
-    return Stage("polish", ("refinement.", "connector.", "llm."), recipe.polish_steps, recipe.polish_lr,
-                 recipe.batch_size, warmup_steps=min(recipe.warmup_steps, recipe.polish_steps // 2),
-                 weight_decay=0.01, data="polish")
+    return runs.polish_stage(recipe, POLISH_TRAINED)
 
 
 class CachedCollate:
@@ -322,12 +322,8 @@ def train_tiny_rgpt(data_root: Path | None, out_dir: Path, recipe: Recipe = Reci
         train(trained, sets, collate, stages(recipe, prefix), out_dir, seed=recipe.seed,
               save_model=None if recipe.polish_steps else save, progress=progress)
     if recipe.polish_steps:
-        # The bare model with the plain collate, in polish/ (its own log and resume): a polish stage
-        # added to a finished run trains on from its final weights, stages 1 and 2 untouched.
-        polish_pool = longest_phrasings(base) if recipe.polish_captions == "longest" else base
-        polish_set = {"polish": mix(polish_pool, dict(recipe.polish_mix), seed=recipe.seed)}
-        train(model, polish_set, cached_collate(), [polish_stage(recipe)], out_dir / POLISH_DIR,
-              seed=recipe.seed, save_model=save, progress=progress)
+        # The bare model with the plain collate, in polish/ (bench.training.runs.polish).
+        polish(model, base, recipe, cached_collate(), POLISH_TRAINED, out_dir, save, progress)
     record_seconds(out_dir, started)
     return out_dir
 

@@ -27,10 +27,12 @@ from typing import Any
 from torch import nn
 
 from bench.errors import DataError
-from bench.training.conversations import KINDS, kind_counts
-from bench.training.trainer import Stage
+from bench.training.conversations import KINDS, kind_counts, longest_phrasings, mix
+from bench.training.trainer import Stage, train
 from bench.training.vision import VisionExample, VisionRecipe, pretrain_vision_tower
 
+# Recipe.polish_captions: which sentences of each RefCOCOg ref the polish stage trains on.
+POLISH_CAPTIONS: tuple[str, ...] = ("all", "longest")
 RECIPE_FILE = "recipe.json"
 VISION_DIR = "vision"
 TOWER_FILE = "tower.safetensors"
@@ -296,3 +298,59 @@ def stage_language(llm: nn.Module, heads: nn.Module, out_dir: Path, pretrain: Ca
     pretrain(language_dir)
     save_model(llm, str(llm_file))
     save_model(heads, str(heads_file))
+
+
+def polish_stage(recipe: Any, trained: tuple[str, ...]) -> Stage:
+    """The closing polish stage (``recipe.polish_steps``): the ``trained`` parameter prefixes (what
+    stage 2 trains), on the bare model, at ``recipe.polish_lr``, drawing from the example set
+    ``polish`` (``recipe.polish_mix``; :func:`polish` builds it)."""
+    return Stage("polish", trained, recipe.polish_steps, recipe.polish_lr, recipe.batch_size,
+                 warmup_steps=min(recipe.warmup_steps, recipe.polish_steps // 2), weight_decay=0.01, data="polish")
+
+
+def polish(model: nn.Module, conversations: Sequence[Any], recipe: Any, collate: Any, trained: tuple[str, ...],
+           out_dir: Path, save_model: Callable[[nn.Module, Path], None], progress: bool = True) -> None:
+    """Run the polish stage on ``model`` into ``out_dir/polish/`` (its own log and resume), so a polish
+    stage added to a finished run trains on from its final weights, stages 1 and 2 untouched.
+    Its data: ``recipe.polish_mix`` drawn from ``conversations``, RefCOCOg's captions cut to each
+    ref's longest sentence when ``recipe.polish_captions`` is ``"longest"``
+    (:func:`bench.training.conversations.longest_phrasings` says why)."""
+    pool = longest_phrasings(conversations) if recipe.polish_captions == "longest" else list(conversations)
+    examples = {"polish": mix(pool, dict(recipe.polish_mix), seed=recipe.seed)}
+    train(model, examples, collate, [polish_stage(recipe, trained)], out_dir / POLISH_DIR, seed=recipe.seed,
+          save_model=save_model, progress=progress)
+
+
+def init_llm_by_words(llm: nn.Module, weights: Path, tokenizer: Any, source_tokenizer: Any) -> int:
+    """Start ``llm`` (a LLaMA: ``model.*``, ``lm_head``) from another tiny LLM's ``weights`` whose
+    vocabulary is ``source_tokenizer``'s: every transformer weight as is, and the rows of
+    ``embed_tokens`` and ``lm_head`` of each token both vocabularies hold (matched by its text);
+    the other rows keep their initialisation. Returns how many rows were matched.
+
+    Why: both papers start their LLM from Vicuna, and a tiny model has no Vicuna to load. The tiny
+    GPT4RoI starts from the tiny RGPT's stand-in for it (the LLM after RGPT's text-only stage L),
+    with its own tokenizer, as its tower starts from the tiny RGPT's stand-in for CLIP."""
+    import torch
+    from safetensors.torch import load_file
+
+    state = load_file(str(weights))
+    own = llm.state_dict()
+    mismatched = sorted(k for k, v in state.items() if k in own and k not in _VOCAB_ROWS and v.shape != own[k].shape)
+    unknown = sorted(set(state) - set(own))
+    if mismatched or unknown:
+        raise ValueError(f"{weights}: not the same LLaMA shape as the model being trained "
+                         f"(shape differs: {mismatched[:3]}, unknown: {unknown[:3]})")
+    source = source_tokenizer.get_vocab()
+    pairs = [(row, source[token]) for token, row in tokenizer.get_vocab().items() if token in source]
+    targets = torch.tensor([row for row, _ in pairs], dtype=torch.long)
+    sources = torch.tensor([row for _, row in pairs], dtype=torch.long)
+    with torch.no_grad():
+        for key, value in state.items():
+            if key in _VOCAB_ROWS:
+                own[key][targets] = value[sources].to(own[key].dtype)
+            else:
+                own[key].copy_(value)
+    return len(pairs)
+
+
+_VOCAB_ROWS = ("model.embed_tokens.weight", "lm_head.weight")
