@@ -375,8 +375,8 @@ def test_adapter_runs_a_task_and_batching_does_not_change_answers(model, tokeniz
 
 
 def test_adapter_errors_name_the_fix(tmp_path) -> None:
-    result = run_bench("run", "--model", "gpt4roi", "--task", "coco-cls", "--limit", "1", "--output",
-                       str(tmp_path / "x"))
+    result = run_bench("run", "--model", "gpt4roi", "--model-args", "size=full", "--task", "coco-cls", "--limit",
+                       "1", "--output", str(tmp_path / "x"))  # size=tiny without pretrained= is the embedded one
     assert result.returncode == 2 and "pretrained=DIR" in result.stderr
     (tmp_path / "released").mkdir()
     (tmp_path / "released" / "config.json").write_text(json.dumps({"model_type": "llava"}))
@@ -392,3 +392,16 @@ def test_inspect_full_size_shows_the_released_keys() -> None:
     report = inspect_model("gpt4roi", {"size": "full"})
     assert "model.spi_module.roi_align.flatten_linear.weight  [1024, 200704]" in report
     assert re.search(r"spi_module\s+299,142,912 \(299\.1M\)", report)
+
+
+def test_without_pretrained_the_embedded_tiny_checkpoint_is_used(tmp_path, monkeypatch) -> None:
+    from adapters.gpt4roi import adapter as module
+    from bench.errors import ConfigError
+
+    monkeypatch.setattr(module, "EMBEDDED_TINY", tmp_path / "absent")
+    with pytest.raises(ConfigError, match="bench train gpt4roi"):
+        module.GPT4RoIAdapter._checkpoint("tiny", None)
+    monkeypatch.setattr(module, "EMBEDDED_TINY", tmp_path)
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    assert module.GPT4RoIAdapter._checkpoint("tiny", None) == tmp_path
+    assert module.GPT4RoIAdapter._checkpoint("tiny", tmp_path / "mine") == tmp_path / "mine"
