@@ -356,11 +356,13 @@ def train_gpt4roi(
     contrast_temperature: ContrastTemperature = None,
     image_align_share: ImageAlignShare = None,
     stage1_steps: Annotated[Optional[int], typer.Option(help="Stage 1 steps (projector + region extractor).")] = None,
+    stage1_lr: Annotated[Optional[float], typer.Option(help="Peak learning rate of stage 1.")] = None,
+    stage2_lr: Annotated[Optional[float], typer.Option(
+        help="Peak learning rate of stage 2 (its opening phases included).")] = None,
     curriculum: Annotated[Optional[str], typer.Option(
         help="Phases that open stage 2, each on one conversation kind or a union of kinds: "
              "KIND=STEPS or KIND+KIND=STEPS, comma-separated "
-             "(default: none, the full mix from the start; with --init-llm none, classification=1500 "
-             "is what makes a random LLM read the vision tokens).")] = None,
+             "(default classification=1500; 'none': the full mix only).")] = None,
     stage2_steps: Annotated[Optional[int], typer.Option(help="Stage 2 steps on the full mix (+ LLM).")] = None,
     polish_steps: Annotated[Optional[int], typer.Option(
         help="Steps of the closing polish stage (stage 2's parameters at --polish-lr, RefCOCOg's captions "
@@ -398,7 +400,8 @@ def train_gpt4roi(
                                  "curriculum": _curriculum(curriculum),
                                  "polish_steps": polish_steps, "polish_lr": polish_lr,
                                  "polish_mix": _polish_mix(polish_mix),
-                                 "polish_captions": _polish_captions(polish_captions)}
+                                 "polish_captions": _polish_captions(polish_captions),
+                                 "stage1_lr": stage1_lr, "stage2_lr": stage2_lr}
     recipe = dataclasses.replace(Recipe(), **{k: v for k, v in overrides.items() if v is not None})
     if init_tower is not None:
         recipe = dataclasses.replace(recipe, init_tower=None if init_tower.lower() == "none" else init_tower)

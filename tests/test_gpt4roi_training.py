@@ -22,7 +22,7 @@ def test_train_then_evaluate_tiny_gpt4roi(small_suite: Path, tmp_path: Path) -> 
     out = tmp_path / "ckpt"
     args = ["train", "gpt4roi", "--out", str(out), "--data-root", str(small_suite), "--init-tower", "none",
             "--vision-steps", "2", "--language-steps", "2", "--stage1-steps", "2", "--curriculum",
-            "classification=1", "--stage2-steps", "2", "--polish-steps", "2",
+            "classification=1", "--stage2-steps", "2", "--polish-steps", "2", "--stage1-lr", "3e-4",
             "--batch-size", "4",
             "--image-size", "64", "--no-progress"]
     trained = run_bench(*args)
@@ -32,7 +32,8 @@ def test_train_then_evaluate_tiny_gpt4roi(small_suite: Path, tmp_path: Path) -> 
                                                       ("stage2", 1), ("stage2", 2)]
     polish_log = json.loads((out / "polish" / "log.json").read_text())
     assert [(r["stage"], r["step"]) for r in polish_log] == [("polish", 1), ("polish", 2)]
-    assert json.loads((out / "recipe.json").read_text())["recipe"]["init_llm"].endswith("tiny-base")
+    recipe = json.loads((out / "recipe.json").read_text())["recipe"]
+    assert recipe["init_llm"].endswith("tiny-base") and recipe["stage1_lr"] == 3e-4
     weights = load_file(str(out / "model.safetensors"))
     tower = load_file(str(out / "vision" / "tower.safetensors"))
     assert all((weights[f"vision_tower.{k}"] == v).all() for k, v in tower.items())  # frozen after stage 0
