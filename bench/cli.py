@@ -234,6 +234,16 @@ ContrastTemperature = Annotated[Optional[float], typer.Option(
     help="Temperature of that contrast, relative to the word means' mean squared norm.")]
 ImageAlignShare = Annotated[Optional[float], typer.Option(
     help="Weight of the image tokens' alignment and contrast terms beside the region tokens' (1).")]
+PolishSteps = Annotated[Optional[int], typer.Option(
+    help="Steps of the closing polish stage (stage 2's parameters at --polish-lr, RefCOCOg's captions "
+         "weighted up; default: Recipe.polish_steps; 0: none). On a finished run, it trains on from it.")]
+PolishLr = Annotated[Optional[float], typer.Option(help="Peak learning rate of the polish stage.")]
+PolishMix = Annotated[Optional[str], typer.Option(
+    help="Conversations of the polish stage per kind: KIND=COUNT or KIND:DATASET=COUNT, comma-separated "
+         "(default: Recipe.polish_mix, RefCOCOg's captions leading).")]
+PolishCaptions = Annotated[Optional[str], typer.Option(
+    help="Which sentences of each RefCOCOg ref the polish stage's captions train on: all, or longest "
+         "(its longest sentence only; default: Recipe.polish_captions).")]
 
 
 @train_app.command("rgpt")
@@ -275,19 +285,13 @@ def train_rgpt(
              "KIND=STEPS or KIND+KIND=STEPS, comma-separated "
              "(default: none, the full mix from the start).")] = None,
     stage2_steps: Annotated[Optional[int], typer.Option(help="Stage 2 steps on the full mix (+ LLM).")] = None,
-    polish_steps: Annotated[Optional[int], typer.Option(
-        help="Steps of the closing polish stage (stage 2's parameters at --polish-lr, RefCOCOg's captions "
-             "weighted up; default 1200; 0: none). On a finished run, it trains on from it.")] = None,
-    polish_lr: Annotated[Optional[float], typer.Option(help="Peak learning rate of the polish stage.")] = None,
+    polish_steps: PolishSteps = None,
+    polish_lr: PolishLr = None,
     polish_from: Annotated[Optional[Path], typer.Option(
         help="A tiny RGPT checkpoint directory to run only the polish stage on (instead of stages 0 to 2); "
              "needs --polish-steps.")] = None,
-    polish_mix: Annotated[Optional[str], typer.Option(
-        help="Conversations of the polish stage per kind: KIND=COUNT or KIND:DATASET=COUNT, comma-separated "
-             "(default: Recipe.polish_mix, RefCOCOg's captions leading).")] = None,
-    polish_captions: Annotated[Optional[str], typer.Option(
-        help="Which sentences of each RefCOCOg ref the polish stage's captions train on: all, or longest "
-             "(its longest sentence only; default: Recipe.polish_captions).")] = None,
+    polish_mix: PolishMix = None,
+    polish_captions: PolishCaptions = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Conversations per step.")] = None,
     image_size: Annotated[Optional[int], typer.Option(help="Input resolution of the tiny model.")] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar with the loss.")] = True,
@@ -364,16 +368,10 @@ def train_gpt4roi(
              "KIND=STEPS or KIND+KIND=STEPS, comma-separated "
              "(default classification=1500; 'none': the full mix only).")] = None,
     stage2_steps: Annotated[Optional[int], typer.Option(help="Stage 2 steps on the full mix (+ LLM).")] = None,
-    polish_steps: Annotated[Optional[int], typer.Option(
-        help="Steps of the closing polish stage (stage 2's parameters at --polish-lr, RefCOCOg's captions "
-             "weighted up; 0: none). On a finished run, it trains on from it.")] = None,
-    polish_lr: Annotated[Optional[float], typer.Option(help="Peak learning rate of the polish stage.")] = None,
-    polish_mix: Annotated[Optional[str], typer.Option(
-        help="Conversations of the polish stage per kind: KIND=COUNT or KIND:DATASET=COUNT, comma-separated "
-             "(default: Recipe.polish_mix, RefCOCOg's captions leading).")] = None,
-    polish_captions: Annotated[Optional[str], typer.Option(
-        help="Which sentences of each RefCOCOg ref the polish stage's captions train on: all, or longest "
-             "(its longest sentence only; default: Recipe.polish_captions).")] = None,
+    polish_steps: PolishSteps = None,
+    polish_lr: PolishLr = None,
+    polish_mix: PolishMix = None,
+    polish_captions: PolishCaptions = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Conversations per step.")] = None,
     image_size: Annotated[Optional[int], typer.Option(help="Input resolution of the tiny model.")] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar with the loss.")] = True,
