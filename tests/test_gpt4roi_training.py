@@ -130,3 +130,11 @@ def test_the_llm_starts_from_another_vocabularys_llm_row_by_word(tmp_path: Path)
 
     with pytest.raises(ValueError, match="same LLaMA shape"):
         init_llm_by_words(llm(len(tokenizer), hidden=32), tmp_path / "llm.safetensors", tokenizer, source_tokenizer)
+
+
+def test_an_init_llm_without_a_stage_l_llm_is_refused_naming_the_fix(tmp_path: Path) -> None:
+    from adapters.gpt4roi.train import _initial_llm
+    from bench.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"language/llm.safetensors.*--init-llm none"):
+        _initial_llm(None, None, tmp_path, None)

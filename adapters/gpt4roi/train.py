@@ -195,9 +195,9 @@ def _initial_tower(model: Any, recipe: Recipe) -> None:
 def _initial_llm(model: Any, tokenizer: Any, checkpoint: Path, load_tokenizer: Any) -> None:
     weights = checkpoint / LANGUAGE_DIR / LLM_FILE
     if not weights.is_file() or not (checkpoint / "tokenizer.json").is_file():
-        raise FileNotFoundError(f"init_llm={checkpoint}: no {weights} or tokenizer.json there (a tiny RGPT run "
+        raise ConfigError(f"init_llm={checkpoint}: no {weights} or tokenizer.json there (a tiny RGPT run "
                                 "directory after stage L, such as adapters/rgpt/checkpoints/tiny-base; or set "
-                                "init_llm=None for a random LLM)")
+                                "--init-llm none for a random LLM)")
     init_llm_by_words(model.llm, weights, tokenizer, load_tokenizer(checkpoint))
 
 
