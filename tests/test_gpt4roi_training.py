@@ -77,7 +77,9 @@ def test_stage0_starts_from_another_checkpoints_tower(tmp_path: Path) -> None:
     _initial_tower(target, Recipe(init_tower=str(tmp_path)))
     assert all(torch.equal(a, b) for a, b in zip(source.vision_tower.state_dict().values(),
                                                   target.vision_tower.state_dict().values(), strict=True))
-    with pytest.raises(FileNotFoundError, match="init_tower"):
+    from bench.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"init_tower=.*absent.*--init-tower none"):
         _initial_tower(target, Recipe(init_tower=str(tmp_path / "absent")))
     # A tower trained at another resolution (RGPT's finishes at 192 px; here 96 px into 128 px) loads
     # with its position table resized and everything else as it is.

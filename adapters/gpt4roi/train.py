@@ -96,11 +96,11 @@ class Recipe:
     contrast_weight: float = 0.1
     contrast_temperature: float = 0.01
     image_align_share: float = 1.0
-    stage1_steps: int = 300
+    stage1_steps: int = 200
     # Stage 2 opens with region classification alone (bench.training.runs.paper_stages says why);
     # the stage-L LLM (init_llm) did not make it unnecessary (docs/gpt4roi-training-log.md, run G).
-    curriculum: tuple[tuple[str, int], ...] = (("classification", 1500),)
-    stage2_steps: int = 1000
+    curriculum: tuple[tuple[str, int], ...] = (("classification", 1200),)
+    stage2_steps: int = 800
     batch_size: int = 32
     # 2e-4, not the tiny RGPT's 2e-3: at 2e-3 the region extractor's flatten_linear turns every region
     # vector onto one huge common direction within a few hundred steps (training log, runs G, G2, G3).
@@ -111,7 +111,7 @@ class Recipe:
         ("classification", 12000), ("caption", 24000), ("relation", 6000), ("rec", 20000), ("pope", 24000),
     )
     # The closing polish stage, as the tiny RGPT's (adapters.rgpt.train.Recipe says why).
-    polish_steps: int = 400
+    polish_steps: int = 300
     polish_lr: float = 5e-5  # a quarter of stage 2's, as RGPT's
     polish_mix: tuple[tuple[str, int], ...] = (
         ("classification", 4000), ("caption:refcocog", 20000), ("caption:vg", 6000), ("relation", 2000),
@@ -183,8 +183,9 @@ def _initial_tower(model: Any, recipe: Recipe) -> None:
     path = Path(recipe.init_tower)
     weights = path / "model.safetensors" if path.is_dir() else path
     if not weights.is_file():
-        raise FileNotFoundError(f"init_tower={recipe.init_tower}: no {weights} (train the tiny RGPT first, or "
-                                "set init_tower=None to train the tower from scratch)")
+        raise ConfigError(f"init_tower={recipe.init_tower}: no {weights} (point --init-tower at a tiny RGPT "
+                          "checkpoint such as adapters/rgpt/checkpoints/tiny, or set --init-tower none to train "
+                          "the tower from scratch)")
     with safe_open(str(weights), framework="pt") as handle:
         state = {k.removeprefix("vision_tower."): handle.get_tensor(k) for k in handle.keys()  # noqa: SIM118
                  if k.startswith("vision_tower.")}
