@@ -197,8 +197,8 @@ def _initial_llm(model: Any, tokenizer: Any, checkpoint: Path, load_tokenizer: A
     weights = checkpoint / LANGUAGE_DIR / LLM_FILE
     if not weights.is_file() or not (checkpoint / "tokenizer.json").is_file():
         raise ConfigError(f"init_llm={checkpoint}: no {weights} or tokenizer.json there (a tiny RGPT run "
-                                "directory after stage L, such as adapters/rgpt/checkpoints/tiny-base; or set "
-                                "--init-llm none for a random LLM)")
+                          "directory after stage L, such as adapters/rgpt/checkpoints/tiny-base; or set "
+                          "--init-llm none for a random LLM)")
     init_llm_by_words(model.llm, weights, tokenizer, load_tokenizer(checkpoint))
 
 
