@@ -346,6 +346,9 @@ def train_gpt4roi(
         help="A tiny RGPT run directory whose language/llm.safetensors (its LLM after stage L) starts the LLM, "
              "rows matched by token text (default: the committed adapters/rgpt/checkpoints/tiny-base); "
              "'none': a random LLM.")] = None,
+    borrow_heads: Annotated[Optional[bool], typer.Option(
+        help="Without a stage L of its own, use the alignment terms in stages 1 and 2 with --init-llm's stage-L "
+             "heads (language/heads.safetensors), word rows matched by token text (default: on).")] = None,
     language_easy_steps: LanguageEasySteps = None,
     language_steps: Annotated[Optional[int], typer.Option(
         help="Stage L steps on the whole verbalized mix (default 0: no stage L; see README).")] = None,
@@ -399,7 +402,7 @@ def train_gpt4roi(
                                  "polish_steps": polish_steps, "polish_lr": polish_lr,
                                  "polish_mix": _polish_mix(polish_mix),
                                  "polish_captions": _polish_captions(polish_captions),
-                                 "stage1_lr": stage1_lr, "stage2_lr": stage2_lr}
+                                 "stage1_lr": stage1_lr, "stage2_lr": stage2_lr, "borrow_heads": borrow_heads}
     recipe = dataclasses.replace(Recipe(), **{k: v for k, v in overrides.items() if v is not None})
     if init_tower is not None:
         recipe = dataclasses.replace(recipe, init_tower=None if init_tower.lower() == "none" else init_tower)

@@ -140,3 +140,71 @@ def test_an_init_llm_without_a_stage_l_llm_is_refused_naming_the_fix(tmp_path: P
 
     with pytest.raises(ConfigError, match=r"language/llm.safetensors.*--init-llm none"):
         _initial_llm(None, None, tmp_path, None)
+
+
+@pytest.mark.slow
+def test_without_a_stage_l_the_alignment_borrows_the_init_llms_heads(small_suite: Path, tmp_path: Path) -> None:
+    """Same seed, same data: stage 1's first loss with the borrowed heads is the answer loss plus the
+    alignment terms, so it is larger than the loss of the same step without them (--no-borrow-heads)."""
+    def first_loss(name: str, *extra: str) -> float:
+        out = tmp_path / name
+        trained = run_bench("train", "gpt4roi", "--out", str(out), "--data-root", str(small_suite), "--init-tower",
+                            "none", "--vision-steps", "1", "--stage1-steps", "1", "--curriculum", "none",
+                            "--stage2-steps", "1", "--polish-steps", "0", "--batch-size", "4", "--image-size", "64",
+                            "--no-progress", *extra)
+        assert trained.returncode == 0, trained.stderr
+        log = json.loads((out / "log.json").read_text())
+        assert [(r["stage"], r["step"]) for r in log] == [("stage1", 1), ("stage2", 1)]
+        assert not (out / "language").exists()  # no stage L of its own
+        return log[0]["loss"]
+
+    borrowed, plain = first_loss("borrowed"), first_loss("plain", "--no-borrow-heads")
+    assert plain < 20 < borrowed  # the alignment of vision vectors far from any word mean dominates
+
+
+def test_the_heads_are_borrowed_row_by_word(tmp_path: Path) -> None:
+    """borrow_heads_by_words: match and index heads copied, word-head rows matched by token text, a word
+    the source lacks gets a zero row and the source's lowest bias; another set of heads is refused."""
+    import torch
+    from safetensors.torch import save_model
+
+    from adapters.gpt4roi.processing_gpt4roi import build_word_tokenizer
+    from adapters.rgpt.processing_rgpt import build_word_tokenizer as build_rgpt_tokenizer
+    from bench.errors import ConfigError
+    from bench.training.language import AuxiliaryHeads
+    from bench.training.runs import borrow_heads_by_words
+
+    source_tokenizer = build_rgpt_tokenizer(["the red ring", "is there a star"])
+    tokenizer = build_word_tokenizer(["the blue ring", "is there a heart"])
+    torch.manual_seed(0)
+    source = AuxiliaryHeads(16, vocab_size=len(source_tokenizer))
+    save_model(source, str(tmp_path / "heads.safetensors"))
+    heads = AuxiliaryHeads(16, vocab_size=len(tokenizer))
+    matched = borrow_heads_by_words(heads, tmp_path / "heads.safetensors", tokenizer, source_tokenizer)
+
+    shared = set(tokenizer.get_vocab()) & set(source_tokenizer.get_vocab())
+    assert matched == len(shared) and {"ring", "there"} <= shared and "blue" not in shared
+    assert torch.equal(heads.match_head.weight, source.match_head.weight)
+    assert torch.equal(heads.index_head.bias, source.index_head.bias)
+    ring, source_ring = tokenizer.get_vocab()["ring"], source_tokenizer.get_vocab()["ring"]
+    assert torch.equal(heads.word_head.weight[ring], source.word_head.weight[source_ring])
+    assert heads.word_head.bias[ring] == source.word_head.bias[source_ring]
+    blue = tokenizer.get_vocab()["blue"]
+    assert not heads.word_head.weight[blue].any() and heads.word_head.bias[blue] == source.word_head.bias.min()
+
+    with pytest.raises(ConfigError, match=r"heads \['index_head', 'match_head', 'word_head'\].*--language-word-weight"):
+        borrow_heads_by_words(AuxiliaryHeads(16), tmp_path / "heads.safetensors", tokenizer, source_tokenizer)
+    with pytest.raises(ConfigError, match="another hidden size.*--init-llm"):
+        borrow_heads_by_words(AuxiliaryHeads(8, vocab_size=len(tokenizer)), tmp_path / "heads.safetensors",
+                              tokenizer, source_tokenizer)
+
+
+def test_borrowing_heads_that_are_not_there_is_refused_naming_the_fix(tmp_path: Path) -> None:
+    from adapters.gpt4roi.train import Recipe, _borrowed_heads
+    from bench.errors import ConfigError
+
+    assert _borrowed_heads(Recipe(borrow_heads=False), None, None) is None
+    assert _borrowed_heads(Recipe(init_llm=None), None, None) is None
+    assert _borrowed_heads(Recipe(), None, None) is not None  # the committed tiny-base keeps its heads
+    with pytest.raises(ConfigError, match=r"language/heads.safetensors.*--no-borrow-heads"):
+        _borrowed_heads(Recipe(init_llm=str(tmp_path)), None, None)

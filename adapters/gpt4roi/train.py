@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,9 +40,11 @@ from bench.errors import ConfigError
 from bench.training import Conversation, Stage, build_conversations, mix, train
 from bench.training.conversations import vocabulary_texts
 from bench.training.runs import (
+    HEADS_FILE,
     LANGUAGE_DIR,
     LLM_FILE,
     POLISH_CAPTIONS,
+    borrow_heads_by_words,
     drawn_beyond_mix,
     example_sets,
     init_llm_by_words,
@@ -80,9 +82,13 @@ class Recipe:
     # A checkpoint directory whose language/llm.safetensors (and tokenizer.json) starts the LLM
     # (bench.training.runs.init_llm_by_words); None: a random LLM, as before stage L.
     init_llm: str | None = str(RGPT_TINY_LANGUAGE)
+    # Without a stage L of its own, stages 1 and 2 still use the alignment terms, with init_llm's
+    # stage-L heads (language/heads.safetensors, word rows matched by word:
+    # bench.training.runs.borrow_heads_by_words); False: the answer loss alone (runs G-G4).
+    borrow_heads: bool = True
     # Stage L and the alignment of stages 1 and 2, as the tiny RGPT's (adapters.rgpt.train);
-    # off by default here: with 256 image tokens stage L costs about 5x RGPT's, and it has
-    # not been measured on GPT4RoI yet.
+    # stage L is off by default here (with 256 image tokens it costs about 5x RGPT's): the
+    # alignment borrows the tiny RGPT's (borrow_heads).
     language_easy_steps: int = 0
     language_steps: int = 0
     language_cycles: int = 1
@@ -193,6 +199,19 @@ def _initial_tower(model: Any, recipe: Recipe) -> None:
     model.vision_tower.load_state_dict(resize_positions(state, model.config.patch_grid))
 
 
+def _borrowed_heads(recipe: Recipe, tokenizer: Any, load_tokenizer: Any) -> Callable[[torch.nn.Module], None] | None:
+    """What fills the alignment's heads from ``init_llm``'s stage L (``Recipe.borrow_heads``), or None."""
+    if not recipe.borrow_heads or recipe.init_llm is None:
+        return None
+    checkpoint = Path(recipe.init_llm)
+    weights = checkpoint / LANGUAGE_DIR / HEADS_FILE
+    if not weights.is_file():
+        raise ConfigError(f"init_llm={checkpoint}: no {weights} to borrow the stage-L heads from (a tiny RGPT run "
+                          "directory after stage L keeps them there; or set --no-borrow-heads to train without "
+                          "the alignment terms)")
+    return lambda heads: borrow_heads_by_words(heads, weights, tokenizer, load_tokenizer(checkpoint)) and None
+
+
 def _initial_llm(model: Any, tokenizer: Any, checkpoint: Path, load_tokenizer: Any) -> None:
     weights = checkpoint / LANGUAGE_DIR / LLM_FILE
     if not weights.is_file() or not (checkpoint / "tokenizer.json").is_file():
@@ -259,7 +278,9 @@ def train_tiny_gpt4roi(data_root: Path | None, out_dir: Path, recipe: Recipe = R
     trained, collate, prefix = language_then_alignment(model, processor, examples, data_root, out_dir, recipe,
                                                        cached_collate, config.patch_grid, llm_prefixes=LLM_PREFIXES,
                                                        square=False, progress=progress,
-                                                       later=drawn_beyond_mix(sets, stages(recipe)))
+                                                       later=drawn_beyond_mix(sets, stages(recipe)),
+                                                       borrowed_heads=_borrowed_heads(recipe, tokenizer,
+                                                                                      load_tokenizer))
 
     def save(_: torch.nn.Module, directory: Path) -> None:
         model.save_pretrained(out_dir, tokenizer=tokenizer)  # the model alone, without any wrapper

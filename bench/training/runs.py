@@ -26,7 +26,7 @@ from typing import Any
 
 from torch import nn
 
-from bench.errors import DataError
+from bench.errors import ConfigError, DataError
 from bench.training.conversations import KINDS, kind_counts, longest_phrasings, mix
 from bench.training.trainer import Stage, train
 from bench.training.vision import VisionExample, VisionRecipe, pretrain_vision_tower
@@ -219,7 +219,8 @@ def stage0_tower(tower: nn.Module, out_dir: Path, initialise: Callable[[], None]
 def language_then_alignment(model: nn.Module, processor: Any, examples: Sequence[Any], data_root: Path,
                             out_dir: Path, recipe: Any, make_collate: Callable[[], Any], grid: int,
                             llm_prefixes: Sequence[str] = ("llm.",), square: bool = True,
-                            progress: bool = True, later: Sequence[Any] = ()) -> tuple[nn.Module, Any, str]:
+                            progress: bool = True, later: Sequence[Any] = (),
+                            borrowed_heads: Callable[[nn.Module], None] | None = None) -> tuple[nn.Module, Any, str]:
     """Stage L when ``recipe`` has steps for it (:func:`stage_language`), then what stages 1 and
     2 train: ``model`` with ``make_collate()``, or after stage L and with a non-zero weight for
     any of the alignment terms, the :class:`bench.training.alignment.AlignedLM` around it with its collate. Returns
@@ -235,7 +236,9 @@ def language_then_alignment(model: nn.Module, processor: Any, examples: Sequence
     LLM's parameter names in ``model``. The training images' objects are read and verbalized
     once, for both stage L and the alignment. ``later``: conversations that later stages draw
     beyond ``examples`` (curriculum phases); stage L does not train on them, but
-    the alignment needs their words too."""
+    the alignment needs their words too. ``borrowed_heads``: with no stage L of its own, the
+    alignment still runs when this fills the heads from another run's stage L (and ``model``'s
+    LLM starts from that run's: :func:`borrow_heads_by_words`)."""
     from bench.training.alignment import verbal_training
     from bench.training.language import (
         AuxiliaryHeads,
@@ -245,7 +248,9 @@ def language_then_alignment(model: nn.Module, processor: Any, examples: Sequence
         verbalize_all,
     )
 
-    if not (recipe.language_easy_steps or recipe.language_steps):
+    own_stage = bool(recipe.language_easy_steps or recipe.language_steps)
+    aligned = bool(recipe.align_weight or recipe.vision_aux_weight or recipe.contrast_weight)
+    if not own_stage and not (borrowed_heads is not None and aligned):
         return model, make_collate(), ""
     heads = AuxiliaryHeads(model.llm.config.hidden_size,
                            vocab_size=model.llm.config.vocab_size if recipe.language_word_weight else None,
@@ -259,10 +264,13 @@ def language_then_alignment(model: nn.Module, processor: Any, examples: Sequence
                               cycles=recipe.language_cycles, lr=recipe.language_lr, batch_size=recipe.batch_size,
                               seed=recipe.seed, word_weight=recipe.language_word_weight,
                               description_weight=recipe.language_description_weight)
-    stage_language(model.llm, heads, out_dir, lambda directory: pretrain_language(
-        model, heads, processor, examples, verbals, grid, directory, language, progress=progress,
-        llm_prefixes=llm_prefixes))
-    if not (recipe.align_weight or recipe.vision_aux_weight or recipe.contrast_weight):
+    if own_stage:
+        stage_language(model.llm, heads, out_dir, lambda directory: pretrain_language(
+            model, heads, processor, examples, verbals, grid, directory, language, progress=progress,
+            llm_prefixes=llm_prefixes))
+    elif borrowed_heads is not None:
+        borrowed_heads(heads)
+    if not aligned:
         return model, make_collate(), ""
     wrapped, collate = verbal_training(model, heads, make_collate(), processor, verbals, grid * grid,
                                        recipe.align_weight, recipe.vision_aux_weight,
@@ -354,3 +362,50 @@ def init_llm_by_words(llm: nn.Module, weights: Path, tokenizer: Any, source_toke
 
 
 _VOCAB_ROWS = ("model.embed_tokens.weight", "lm_head.weight")
+
+
+def borrow_heads_by_words(heads: nn.Module, weights: Path, tokenizer: Any, source_tokenizer: Any) -> int:
+    """Fill stage L's :class:`~bench.training.language.AuxiliaryHeads` ``heads`` from another run's
+    ``heads.safetensors`` (``weights``), whose vocabulary is ``source_tokenizer``'s: the match and
+    index heads as they are, the word head's rows matched by token text as
+    :func:`init_llm_by_words` matches the LLM's. A word the source never saw gets a zero row and
+    the source's lowest bias (it is never a region's word in that run, so it must not win).
+    Returns how many word rows were matched (0 without a word head).
+
+    Why: the heads are probes on the LLM's hidden states, trained in that run's stage L with the
+    LLM that :func:`init_llm_by_words` starts this model from; borrowing them lets stages 1 and 2
+    of this model use the alignment terms (:mod:`bench.training.alignment`) without a stage L of
+    its own (for the tiny GPT4RoI, five times the tiny RGPT's: 256 image tokens, not 16)."""
+    import torch
+    from safetensors.torch import load_file
+
+    state = load_file(str(weights))
+    saved = {key.split(".")[0] for key in state}
+    wanted = {key.split(".")[0] for key in heads.state_dict()}
+    if saved != wanted:
+        raise ConfigError(f"{weights} holds the heads {sorted(saved)}, this recipe needs {sorted(wanted)} (the "
+                          "word head comes with --language-word-weight > 0, the description head with "
+                          "--language-description-weight > 0); match those options to the run it comes from")
+    own = heads.state_dict()
+    bad = sorted(k for k, v in state.items() if not k.startswith("word_head.") and v.shape != own[k].shape)
+    if bad or ("word_head.weight" in state and state["word_head.weight"].shape[1] != own["word_head.weight"].shape[1]):
+        raise ConfigError(f"{weights}: heads of another hidden size than this model's LLM ({bad[:3]}); borrow "
+                          "them from the run whose LLM starts this one (--init-llm)")
+    if "word_head.weight" not in state:
+        heads.load_state_dict(state)
+        return 0
+    source = source_tokenizer.get_vocab()
+    pairs = [(row, source[token]) for token, row in tokenizer.get_vocab().items() if token in source]
+    targets = torch.tensor([row for row, _ in pairs], dtype=torch.long)
+    sources = torch.tensor([row for _, row in pairs], dtype=torch.long)
+    with torch.no_grad():
+        for key, value in state.items():
+            if key == "word_head.weight":
+                own[key].zero_()
+                own[key][targets] = value[sources]
+            elif key == "word_head.bias":
+                own[key].fill_(value.min())
+                own[key][targets] = value[sources]
+            else:
+                own[key].copy_(value)
+    return len(pairs)
