@@ -158,8 +158,13 @@ def test_without_a_stage_l_the_alignment_borrows_the_init_llms_heads(small_suite
         assert not (out / "language").exists()  # no stage L of its own
         return log[0]["loss"]
 
-    borrowed, plain = first_loss("borrowed"), first_loss("plain", "--no-borrow-heads")
-    assert plain < 20 < borrowed  # the alignment of vision vectors far from any word mean dominates
+    raw, plain = first_loss("raw", "--no-least-squares-start"), first_loss("plain", "--no-borrow-heads")
+    assert plain < 20 < raw  # the alignment of vision vectors far from any word mean dominates
+    # The least-squares start of mm_projector and updims brings them near the word means at once.
+    started = first_loss("started")
+    fits = json.loads((tmp_path / "started" / "least_squares.json").read_text())
+    assert set(fits) == {"mm_projector", "updims"} and all(0 < v < 1 for v in fits.values())
+    assert plain < started < raw / 5 and not (tmp_path / "raw" / "least_squares.json").exists()
 
 
 def test_the_heads_are_borrowed_row_by_word(tmp_path: Path) -> None:

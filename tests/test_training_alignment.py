@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from torch import nn
 
 from bench.training.alignment import (
     AlignedLM,
@@ -175,3 +176,29 @@ def test_verbal_training_freezes_the_heads_and_checks_the_two_tokenizations_agre
     assert merged["cell_words"] is words["cell_words"] and "region_masks" in merged
     with pytest.raises(ValueError, match="tokenize differently"):
         collate(["other"])
+
+
+def test_least_squares_start_recovers_a_linear_map_and_reports_its_error() -> None:
+    """Targets made by a known affine map: fitted exactly (error ~0); with noise the returned error is
+    alignment_loss of the fitted map, and the ridge shrinks the weights but not the bias."""
+    from bench.training.alignment import alignment_loss, least_squares_start
+
+    generator = torch.Generator().manual_seed(0)
+    inputs = torch.randn(600, 5, generator=generator) * torch.tensor([100.0, 1.0, 0.01, 3.0, 1.0])  # ill-conditioned
+    weight, bias = torch.randn(3, 5, generator=generator), torch.randn(3, generator=generator)
+    targets = inputs @ weight.T + bias
+    linear = nn.Linear(5, 3)
+    error = least_squares_start(linear, [(inputs[:300], targets[:300]), (inputs[300:], targets[300:])], ridge=0.0)
+    assert torch.allclose(linear.weight, weight, atol=1e-3) and torch.allclose(linear.bias, bias, atol=1e-3)
+    assert error < 1e-8
+
+    noisy = targets + torch.randn(600, 3, generator=generator)
+    error = least_squares_start(linear, [(inputs, noisy)], ridge=0.0)
+    with torch.no_grad():
+        assert error == pytest.approx(alignment_loss(linear(inputs), noisy).item(), rel=1e-4)
+    shrunk = nn.Linear(5, 3)
+    least_squares_start(shrunk, [(inputs, targets)], ridge=100.0)
+    assert shrunk.weight.norm() < 0.5 * weight.norm()
+    assert torch.allclose(shrunk.bias, (targets - inputs @ shrunk.weight.T.detach()).mean(0), atol=1e-3)
+    with pytest.raises(ValueError, match="no .inputs, targets. pairs"):
+        least_squares_start(linear, [])

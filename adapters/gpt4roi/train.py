@@ -38,6 +38,7 @@ import torch
 
 from bench.errors import ConfigError
 from bench.training import Conversation, Stage, build_conversations, mix, train
+from bench.training.alignment import least_squares_start
 from bench.training.conversations import vocabulary_texts
 from bench.training.runs import (
     HEADS_FILE,
@@ -86,6 +87,10 @@ class Recipe:
     # stage-L heads (language/heads.safetensors, word rows matched by word:
     # bench.training.runs.borrow_heads_by_words); False: the answer loss alone (runs G-G4).
     borrow_heads: bool = True
+    # With the alignment terms on, stage 1 starts mm_projector and the region extractor's updims at
+    # their least-squares maps onto the word means (bench.training.alignment.least_squares_start).
+    least_squares_start: bool = True
+    least_squares_regions: int = 4000  # conversations whose regions fit updims
     # Stage L and the alignment of stages 1 and 2, as the tiny RGPT's (adapters.rgpt.train);
     # stage L is off by default here (with 256 image tokens it costs about 5x RGPT's): the
     # alignment borrows the tiny RGPT's (borrow_heads).
@@ -212,6 +217,55 @@ def _borrowed_heads(recipe: Recipe, tokenizer: Any, load_tokenizer: Any) -> Call
     return lambda heads: borrow_heads_by_words(heads, weights, tokenizer, load_tokenizer(checkpoint)) and None
 
 
+@torch.no_grad()
+def _least_squares_connector(model: Any, collate: Any, conversations: Sequence[Conversation], regions: int,
+                             out_dir: Path, chunk: int = 100) -> dict[str, float]:
+    """Start ``mm_projector`` at its least-squares map from the tower's image-token features to each
+    cell's word mean (one conversation per training image), and the region extractor's last linear
+    layer (``updims``) at its map from the extractor's features, at initialisation, to each region's
+    word mean (the first ``regions`` conversations that have regions). ``collate``: the
+    :class:`bench.training.alignment.WithVerbalTargets` of stages 1 and 2 (its cached tower states
+    and words). Writes the fits' relative errors (:func:`bench.training.alignment.least_squares_start`)
+    to ``out_dir/least_squares.json`` and returns them. Deterministic, so a resumed run redoes it
+    before loading its resume weights over it."""
+    import json
+
+    from bench.training.language import mean_word_embeddings
+
+    plain, verbal = collate.collate, collate.verbal
+    embedding = model.llm.get_input_embeddings()
+    one_per_image = list({c.image.key: c for c in conversations if id(c) in verbal.verbals}.values())
+
+    def image_pairs() -> Any:
+        for start in range(0, len(one_per_image), chunk):
+            batch = one_per_image[start:start + chunk]
+            states = torch.stack([plain.states[c.image.key] for c in batch]).float()
+            words = torch.stack([verbal.word_ids(verbal.verbals[id(c)].cells) for c in batch])
+            yield (states[:, 0].flatten(2).transpose(1, 2).flatten(0, 1),
+                   mean_word_embeddings(embedding, words).flatten(0, 1))
+
+    with_regions = [c for c in conversations if c.regions and id(c) in verbal.verbals][:regions]
+    updims = model.spi_module.roi_align.updims
+
+    def region_pairs() -> Any:
+        features: list[torch.Tensor] = []  # updims' input, caught by a hook
+        hook = updims.register_forward_hook(lambda _m, inputs, _o: features.append(inputs[0]))
+        try:
+            for start in range(0, len(with_regions), chunk):
+                part = with_regions[start:start + chunk]
+                batch = plain(part)
+                features.clear()
+                model.vision_embeds(vision_states=batch["vision_states"], boxes=batch["boxes"])
+                yield features[0], mean_word_embeddings(embedding, torch.cat(verbal(part)["region_words"]))
+        finally:
+            hook.remove()
+
+    fits = {"mm_projector": least_squares_start(model.mm_projector, image_pairs()),
+            "updims": least_squares_start(updims, region_pairs(), ridge=1e-2) if with_regions else 1.0}
+    (out_dir / "least_squares.json").write_text(json.dumps(fits, indent=2) + "\n")
+    return fits
+
+
 def _initial_llm(model: Any, tokenizer: Any, checkpoint: Path, load_tokenizer: Any) -> None:
     weights = checkpoint / LANGUAGE_DIR / LLM_FILE
     if not weights.is_file() or not (checkpoint / "tokenizer.json").is_file():
@@ -281,6 +335,9 @@ def train_tiny_gpt4roi(data_root: Path | None, out_dir: Path, recipe: Recipe = R
                                                        later=drawn_beyond_mix(sets, stages(recipe)),
                                                        borrowed_heads=_borrowed_heads(recipe, tokenizer,
                                                                                       load_tokenizer))
+
+    if prefix and recipe.least_squares_start:
+        _least_squares_connector(model, collate, examples, recipe.least_squares_regions, out_dir)
 
     def save(_: torch.nn.Module, directory: Path) -> None:
         model.save_pretrained(out_dir, tokenizer=tokenizer)  # the model alone, without any wrapper

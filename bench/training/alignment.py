@@ -35,7 +35,7 @@ F1 54.2 -> 82.8, REC 17.2 -> 61.1 (README, runs B and C).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import torch
@@ -186,3 +186,37 @@ def verbal_training(model: nn.Module, heads: AuxiliaryHeads, collate: Callable[[
     heads.requires_grad_(False)
     return (AlignedLM(model, heads, align_weight, aux_weight, contrast_weight, contrast_temperature, image_share),
             WithVerbalTargets(collate, VerbalCollate(processor, verbals, num_image_tokens)))
+
+
+@torch.no_grad()
+def least_squares_start(linear: nn.Linear, pairs: Iterable[tuple[torch.Tensor, torch.Tensor]],
+                        ridge: float = 1e-3) -> float:
+    """Set ``linear`` (weight and bias) to the ridge least-squares map from the inputs to the targets
+    of ``pairs`` ([N, in] and [N, out] chunks, accumulated in float64); returns what
+    :func:`alignment_loss` scores the fitted map on them (1.0: no better than an all-zero output).
+
+    Why: with a stage L to align to, stage 1's alignment term asks a linear projector (GPT4RoI's
+    ``mm_projector``) for a linear regression, which has a closed form. Adam does not find it in
+    stage 1's steps: on the tiny GPT4RoI the tower's features are ill-conditioned, and after 600
+    steps at 1e-3 the image tokens scored 9.6 where the least-squares map scores 0.46 on
+    held-out images (docs/gpt4roi-training-log.md, run G5). ``ridge`` is relative to the mean
+    diagonal of the inputs' Gram matrix, so it does not depend on their scale."""
+    gram = cross = None
+    target_sq, count = 0.0, 0
+    for inputs, targets in pairs:
+        design = torch.cat([inputs.double(), inputs.new_ones(len(inputs), 1).double()], 1)
+        targets = targets.double()
+        gram = design.T @ design if gram is None else gram + design.T @ design
+        cross = design.T @ targets if cross is None else cross + design.T @ targets
+        target_sq += targets.pow(2).sum().item()
+        count += len(targets)
+    if gram is None or not count:
+        raise ValueError("least_squares_start: no (inputs, targets) pairs")
+    regulariser = ridge * gram.diagonal()[:-1].mean() * torch.eye(len(gram), dtype=gram.dtype)
+    regulariser[-1, -1] = 0  # the bias is not shrunk
+    solution = torch.linalg.solve(gram + regulariser, cross)  # [in + 1, out]
+    linear.weight.copy_(solution[:-1].T.to(linear.weight.dtype))
+    linear.bias.copy_(solution[-1].to(linear.bias.dtype))
+    # sum ||Y - A W||^2 = sum ||Y||^2 - 2 tr(W^T A^T Y) + tr(W^T A^T A W)
+    residual = target_sq - 2 * (solution * cross).sum().item() + (solution * (gram @ solution)).sum().item()
+    return max(residual, 0.0) / max(target_sq, 1e-12)
