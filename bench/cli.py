@@ -372,7 +372,7 @@ def train_gpt4roi(
     curriculum: Annotated[Optional[str], typer.Option(
         help="Phases that open stage 2, each on one conversation kind or a union of kinds: "
              "KIND=STEPS or KIND+KIND=STEPS, comma-separated "
-             "(default classification=1200; 'none': the full mix only).")] = None,
+             "(default 'none': the full mix only).")] = None,
     stage2_steps: Annotated[Optional[int], typer.Option(help="Stage 2 steps on the full mix (+ LLM).")] = None,
     polish_steps: PolishSteps = None,
     polish_lr: PolishLr = None,

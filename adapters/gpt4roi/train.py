@@ -107,15 +107,16 @@ class Recipe:
     contrast_weight: float = 0.1
     contrast_temperature: float = 0.01
     image_align_share: float = 1.0
-    stage1_steps: int = 200
-    # Stage 2 opens with region classification alone (bench.training.runs.paper_stages says why);
-    # the stage-L LLM (init_llm) did not make it unnecessary (docs/gpt4roi-training-log.md, run G).
-    curriculum: tuple[tuple[str, int], ...] = (("classification", 1200),)
-    stage2_steps: int = 800
+    stage1_steps: int = 300
+    # No classification-only opening: without the alignment terms stage 2 needed one (runs G-G4 of
+    # docs/gpt4roi-training-log.md), with them the full mix reads the regions (runs G5, G6).
+    curriculum: tuple[tuple[str, int], ...] = ()
+    stage2_steps: int = 1200
     batch_size: int = 32
-    # 2e-4, not the tiny RGPT's 2e-3: at 2e-3 the region extractor's flatten_linear turns every region
-    # vector onto one huge common direction within a few hundred steps (training log, runs G, G2, G3).
-    stage1_lr: float = 2e-4
+    # Stage 2 at 2e-4, not the tiny RGPT's 2e-3: at 2e-3 without the alignment terms the region
+    # extractor's flatten_linear turned every region vector onto one huge common direction within a
+    # few hundred steps (training log, runs G, G2, G3). Stage 1 at 1e-3 with them (runs G5, G6).
+    stage1_lr: float = 1e-3
     stage2_lr: float = 2e-4
     warmup_steps: int = 100
     mix: tuple[tuple[str, int], ...] = (
