@@ -215,7 +215,10 @@ def _borrowed_heads(recipe: Recipe, tokenizer: Any, load_tokenizer: Any) -> Call
         raise ConfigError(f"init_llm={checkpoint}: no {weights} to borrow the stage-L heads from (a tiny RGPT run "
                           "directory after stage L keeps them there; or set --no-borrow-heads to train without "
                           "the alignment terms)")
-    return lambda heads: borrow_heads_by_words(heads, weights, tokenizer, load_tokenizer(checkpoint)) and None
+
+    def borrow(heads: torch.nn.Module) -> None:
+        borrow_heads_by_words(heads, weights, tokenizer, load_tokenizer(checkpoint))
+    return borrow
 
 
 @torch.no_grad()

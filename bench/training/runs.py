@@ -348,20 +348,28 @@ def init_llm_by_words(llm: nn.Module, weights: Path, tokenizer: Any, source_toke
     if mismatched or unknown:
         raise ValueError(f"{weights}: not the same LLaMA shape as the model being trained "
                          f"(shape differs: {mismatched[:3]}, unknown: {unknown[:3]})")
-    source = source_tokenizer.get_vocab()
-    pairs = [(row, source[token]) for token, row in tokenizer.get_vocab().items() if token in source]
-    targets = torch.tensor([row for row, _ in pairs], dtype=torch.long)
-    sources = torch.tensor([row for _, row in pairs], dtype=torch.long)
+    targets, sources = matched_rows(tokenizer, source_tokenizer)
     with torch.no_grad():
         for key, value in state.items():
             if key in _VOCAB_ROWS:
                 own[key][targets] = value[sources].to(own[key].dtype)
             else:
                 own[key].copy_(value)
-    return len(pairs)
+    return len(targets)
 
 
 _VOCAB_ROWS = ("model.embed_tokens.weight", "lm_head.weight")
+
+
+def matched_rows(tokenizer: Any, source_tokenizer: Any) -> tuple[Any, Any]:
+    """The rows of the tokens both vocabularies hold, matched by token text: (rows in ``tokenizer``'s
+    vocabulary, the same tokens' rows in ``source_tokenizer``'s), two long tensors."""
+    import torch
+
+    source = source_tokenizer.get_vocab()
+    pairs = [(row, source[token]) for token, row in tokenizer.get_vocab().items() if token in source]
+    return (torch.tensor([row for row, _ in pairs], dtype=torch.long),
+            torch.tensor([row for _, row in pairs], dtype=torch.long))
 
 
 def borrow_heads_by_words(heads: nn.Module, weights: Path, tokenizer: Any, source_tokenizer: Any) -> int:
@@ -394,10 +402,7 @@ def borrow_heads_by_words(heads: nn.Module, weights: Path, tokenizer: Any, sourc
     if "word_head.weight" not in state:
         heads.load_state_dict(state)
         return 0
-    source = source_tokenizer.get_vocab()
-    pairs = [(row, source[token]) for token, row in tokenizer.get_vocab().items() if token in source]
-    targets = torch.tensor([row for row, _ in pairs], dtype=torch.long)
-    sources = torch.tensor([row for _, row in pairs], dtype=torch.long)
+    targets, sources = matched_rows(tokenizer, source_tokenizer)
     with torch.no_grad():
         for key, value in state.items():
             if key == "word_head.weight":
@@ -408,4 +413,4 @@ def borrow_heads_by_words(heads: nn.Module, weights: Path, tokenizer: Any, sourc
                 own[key][targets] = value[sources]
             else:
                 own[key].copy_(value)
-    return len(pairs)
+    return len(targets)
