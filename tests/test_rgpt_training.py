@@ -11,6 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from bench.synthetic import SuiteParams, generate_suite
+from bench.training.runs import portable_path
 from tests.plugin_utils import run_bench
 
 
@@ -170,7 +171,7 @@ def test_polishing_a_checkpoint_gives_what_the_run_with_a_polish_stage_gives(sma
     expected, got = load_file(str(whole / "model.safetensors")), load_file(str(polished / "model.safetensors"))
     assert expected.keys() == got.keys() and all(torch.equal(expected[k], got[k]) for k in expected)
     assert not all(torch.equal(expected[k], v) for k, v in load_file(str(unpolished / "model.safetensors")).items())
-    assert json.loads((polished / "recipe.json").read_text())["polish_from"] == str(unpolished)
+    assert json.loads((polished / "recipe.json").read_text())["polish_from"] == portable_path(str(unpolished))
     assert not (polished / "vision").exists() and not (polished / "language").exists()  # stages 0 to 2 not run
     with pytest.raises(ConfigError, match="--polish-steps"):
         train_tiny_rgpt(small_suite, tmp_path / "x", dataclasses.replace(recipe, polish_steps=0), progress=False,

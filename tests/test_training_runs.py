@@ -9,7 +9,16 @@ from types import SimpleNamespace
 import pytest
 
 from bench.errors import DataError
-from bench.training.runs import drawn_beyond_mix, example_sets, paper_stages, parse_curriculum, parse_mix
+from bench.training.runs import (
+    REPOSITORY,
+    drawn_beyond_mix,
+    example_sets,
+    paper_stages,
+    parse_curriculum,
+    parse_mix,
+    portable_paths,
+    write_recipe,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,3 +118,29 @@ def test_training_only_kinds_add_words_but_no_word_order(tmp_path: Path) -> None
     assert tokenizer.get_vocab() != build_word_tokenizer(all_texts(base)).get_vocab()  # else: renumbered
     extra = run_tokenizer(tmp_path / "b", ["the ring"], build_word_tokenizer, load_tokenizer, ["Is it unique ?"])
     assert {"is", "it", "unique"} <= set(extra.get_vocab())
+
+
+def test_recipe_json_records_paths_relative_to_the_checkout_or_the_home(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """A committed checkpoint's recipe.json must name the same things on every machine: the embedded
+    RGPT as adapters/rgpt/checkpoints/tiny, the cached suite as ~/.cache/..., other paths as given."""
+    import json
+
+    home = tmp_path / "home"
+    monkeypatch.setenv("HOME", str(home))
+    recipe = SimpleNamespace(init_llm=str(REPOSITORY / "adapters" / "rgpt" / "checkpoints" / "tiny"),
+                             init_tower=None, steps=3, mix=(("rec", 2),), words=("a/b", "/elsewhere/x"))
+    write_recipe(tmp_path / "run", _as_recipe(recipe), home / ".cache" / "region-bench" / "suite", [], [],
+                 polish_from=str(tmp_path / "stage2"))
+    record = json.loads((tmp_path / "run" / "recipe.json").read_text())
+    assert record["recipe"] == {"init_llm": "adapters/rgpt/checkpoints/tiny", "init_tower": None, "steps": 3,
+                                "mix": [["rec", 2]], "words": ["a/b", "/elsewhere/x"]}
+    assert record["data_root"] == "~/.cache/region-bench/suite"
+    assert record["polish_from"] == str(tmp_path / "stage2")  # outside both: unchanged
+    assert portable_paths({"k": [str(REPOSITORY)]}) == {"k": ["."]}
+
+
+def _as_recipe(values: SimpleNamespace) -> object:
+    """A dataclass instance with ``values``' fields, as write_recipe expects a Recipe."""
+    cls = dataclasses.make_dataclass("Recipe", list(vars(values)))
+    return cls(**vars(values))

@@ -34,6 +34,8 @@ from bench.training.vision import VisionExample, VisionRecipe, pretrain_vision_t
 # Recipe.polish_captions: which sentences of each RefCOCOg ref the polish stage trains on.
 POLISH_CAPTIONS: tuple[str, ...] = ("all", "longest")
 RECIPE_FILE = "recipe.json"
+# The checkout root: recipe.json records paths inside it relative to it (portable_path).
+REPOSITORY = Path(__file__).resolve().parents[2]
 VISION_DIR = "vision"
 TOWER_FILE = "tower.safetensors"
 LANGUAGE_DIR = "language"
@@ -175,11 +177,40 @@ def write_recipe(out_dir: Path, recipe: Any, data_root: Path, conversations: Seq
     """``recipe.json``: every setting, the data, and what the conversations were (and the
     checkpoint a polish-only run started from)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    record = {"recipe": dataclasses.asdict(recipe), "data_root": str(data_root),
+    record = {"recipe": portable_paths(dataclasses.asdict(recipe)), "data_root": portable_path(str(data_root)),
               "conversations": kind_counts(conversations), "examples": kind_counts(examples)}
     if polish_from is not None:
-        record["polish_from"] = polish_from
+        record["polish_from"] = portable_path(polish_from)
     (out_dir / RECIPE_FILE).write_text(json.dumps(record, indent=2) + "\n")
+
+
+def portable_path(value: str, repository: Path = REPOSITORY, home: Path | None = None) -> str:
+    """A path as ``recipe.json`` records it: inside the repository, relative to its root
+    (``adapters/rgpt/checkpoints/tiny``); inside the home directory, ``~/...``; else unchanged.
+    A committed checkpoint's recipe then names the same things on every machine and does not
+    disclose where it was trained. Strings that are not absolute paths are returned as they are."""
+    path = Path(value)
+    if not path.is_absolute():
+        return value
+    home = Path.home() if home is None else home
+    for root, shown in ((repository, None), (home, "~")):
+        try:
+            relative = path.relative_to(root)
+        except ValueError:
+            continue
+        return relative.as_posix() if shown is None else f"{shown}/{relative.as_posix()}"
+    return value
+
+
+def portable_paths(record: Any) -> Any:
+    """:func:`portable_path` applied to every string of a JSON-like record (dicts, lists, tuples)."""
+    if isinstance(record, str):
+        return portable_path(record)
+    if isinstance(record, Mapping):
+        return {key: portable_paths(value) for key, value in record.items()}
+    if isinstance(record, (list, tuple)):
+        return [portable_paths(value) for value in record]
+    return record
 
 
 def record_seconds(out_dir: Path, started: float) -> None:
