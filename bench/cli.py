@@ -352,6 +352,9 @@ def train_gpt4roi(
     least_squares_start: Annotated[Optional[bool], typer.Option(
         help="With the alignment terms on, start mm_projector and the region extractor's updims at their "
              "least-squares maps onto the word means (default: on).")] = None,
+    least_squares_regions: Annotated[Optional[int], typer.Option(
+        help="Conversations whose regions fit updims' least-squares start (default 4000; fewer: a faster, "
+             "rougher fit).")] = None,
     language_easy_steps: LanguageEasySteps = None,
     language_steps: Annotated[Optional[int], typer.Option(
         help="Stage L steps on the whole verbalized mix (default 0: no stage L; see README).")] = None,
@@ -406,7 +409,8 @@ def train_gpt4roi(
                                  "polish_mix": _polish_mix(polish_mix),
                                  "polish_captions": _polish_captions(polish_captions),
                                  "stage1_lr": stage1_lr, "stage2_lr": stage2_lr, "borrow_heads": borrow_heads,
-                                 "least_squares_start": least_squares_start}
+                                 "least_squares_start": least_squares_start,
+                                 "least_squares_regions": least_squares_regions}
     recipe = dataclasses.replace(Recipe(), **{k: v for k, v in overrides.items() if v is not None})
     if init_tower is not None:
         recipe = dataclasses.replace(recipe, init_tower=None if init_tower.lower() == "none" else init_tower)

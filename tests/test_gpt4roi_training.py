@@ -161,9 +161,10 @@ def test_without_a_stage_l_the_alignment_borrows_the_init_llms_heads(small_suite
     raw, plain = first_loss("raw", "--no-least-squares-start"), first_loss("plain", "--no-borrow-heads")
     assert plain < 20 < raw  # the alignment of vision vectors far from any word mean dominates
     # The least-squares start of mm_projector and updims brings them near the word means at once.
-    started = first_loss("started")
+    started = first_loss("started", "--least-squares-regions", "40")
     fits = json.loads((tmp_path / "started" / "least_squares.json").read_text())
     assert set(fits) == {"mm_projector", "updims"} and all(0 < v < 1 for v in fits.values())
+    assert json.loads((tmp_path / "started" / "recipe.json").read_text())["recipe"]["least_squares_regions"] == 40
     assert plain < started < raw / 5 and not (tmp_path / "raw" / "least_squares.json").exists()
 
 
