@@ -111,7 +111,7 @@ class Recipe:
     # No classification-only opening: without the alignment terms stage 2 needed one (runs G-G4 of
     # docs/gpt4roi-training-log.md), with them the full mix reads the regions (runs G5, G6).
     curriculum: tuple[tuple[str, int], ...] = ()
-    # Stage 2 2400 steps at 3e-4 (run G8): G7's 1200 at 2e-4 still rose a few points every 200 steps.
+    # 2400 steps (run G8): G7's 1200 (at 2e-4) still rose a few points every 200 steps.
     stage2_steps: int = 2400
     batch_size: int = 32
     # Stage 2 at 3e-4, not the tiny RGPT's 2e-3: at 2e-3 without the alignment terms the region

@@ -184,7 +184,7 @@ def write_recipe(out_dir: Path, recipe: Any, data_root: Path, conversations: Seq
     (out_dir / RECIPE_FILE).write_text(json.dumps(record, indent=2) + "\n")
 
 
-def portable_path(value: str, repository: Path = REPOSITORY, home: Path | None = None) -> str:
+def portable_path(value: str) -> str:
     """A path as ``recipe.json`` records it: inside the repository, relative to its root
     (``adapters/rgpt/checkpoints/tiny``); inside the home directory, ``~/...``; else unchanged.
     A committed checkpoint's recipe then names the same things on every machine and does not
@@ -192,8 +192,7 @@ def portable_path(value: str, repository: Path = REPOSITORY, home: Path | None =
     path = Path(value)
     if not path.is_absolute():
         return value
-    home = Path.home() if home is None else home
-    for root, shown in ((repository, None), (home, "~")):
+    for root, shown in ((REPOSITORY, None), (Path.home(), "~")):
         try:
             relative = path.relative_to(root)
         except ValueError:
