@@ -11,8 +11,13 @@ set, so :meth:`CaptionTask.aggregate` scores all records in one call and never
 averages per batch; a ``--limit`` run therefore has a CIDEr that is not
 comparable with a full-split one.
 
-The prompt, shared by both tasks, follows the RegionGPT / GPT4RoI style of a
-plain instruction naming the region placeholder: ``PROMPT`` below.
+Each task's prompt follows the RegionGPT / GPT4RoI style of a plain instruction
+naming the region placeholder, and says which kind of description is asked:
+RefCOCOg's references are referring expressions (they single the object out:
+"the heart that is red"), Visual Genome's are region descriptions ("a medium red
+heart"). One shared prompt (task version 1) left a model that reads boxes only
+no way to tell the two apart on data where the same box is in both datasets, as
+on the synthetic suite, where every RefCOCOg box is also a VG region.
 """
 
 from __future__ import annotations
@@ -34,10 +39,13 @@ from bench.registry import register_task
 from bench.task import Processed, Task
 from bench.types import GenerationRequest, ImageRef, Output, Request, Sample
 
-#: The instruction for both tasks. Short on purpose: the references are short
-#: phrases (VG, ~5 words) or referring expressions (RefCOCOg, ~8 words), and
-#: METEOR/CIDEr punish long answers.
-PROMPT = "Give a short description of <region1>."
+#: Visual Genome's instruction: a region description. Short on purpose: the
+#: references are short phrases (~5 words), and METEOR/CIDEr punish long answers.
+VG_PROMPT = "Give a short description of <region1>."
+#: RefCOCOg's instruction: a referring expression (~8 words), a description that
+#: fits this object and no other of the image. Its words are those of the other
+#: prompts, so a word-level tokenizer trained on the suite holds them all.
+REFCOCOG_PROMPT = "Give a short description to refer to <region1> only."
 MAX_NEW_TOKENS = 32
 
 
@@ -78,6 +86,7 @@ class RefCocogCaptioning(CaptionTask):
 
     name = "refcocog-cap"
     description = "RefCOCOg (umd) region captioning, all expressions as references (METEOR, CIDEr, BLEU-4, ROUGE-L)"
+    version = "2"  # 2: its own prompt (REFCOCOG_PROMPT), asking for a referring expression
     splits = ("val", "test")
     default_split = "val"
 
@@ -102,7 +111,7 @@ class RefCocogCaptioning(CaptionTask):
     def _sample(ref: Ref, image: ImageRef, region: Region) -> Sample:
         expressions = [e.text for e in ref.expressions]
         return Sample(
-            id=str(ref.ref_id), image=image, prompt=PROMPT, target=expressions, regions=(region,),
+            id=str(ref.ref_id), image=image, prompt=REFCOCOG_PROMPT, target=expressions, regions=(region,),
             gold_answer=expressions[0],
             metadata={"ref_id": ref.ref_id, "ann_id": ref.ann_id, "image_id": ref.image_id,
                       "sent_ids": [e.sent_id for e in ref.expressions]},
@@ -131,7 +140,7 @@ class VisualGenomeCaptioning(CaptionTask):
         data = self._load()
         regions = subsample(data.regions, self.max_regions_per_image)
         return [
-            Sample(id=str(r.region_id), image=data.images[r.image_id], prompt=PROMPT, target=[r.phrase],
+            Sample(id=str(r.region_id), image=data.images[r.image_id], prompt=VG_PROMPT, target=[r.phrase],
                    regions=(r.region,), gold_answer=r.phrase,
                    metadata={"region_id": r.region_id, "image_id": r.image_id})
             for r in regions

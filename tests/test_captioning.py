@@ -29,7 +29,8 @@ from bench.synthetic import default_suite_dir
 from tasks import captioning
 from tasks.captioning import (
     MAX_NEW_TOKENS,
-    PROMPT,
+    REFCOCOG_PROMPT,
+    VG_PROMPT,
     RefCocogCaptioning,
     VisualGenomeCaptioning,
     caption_from_output,
@@ -85,7 +86,8 @@ def test_refcocog_samples_one_per_region_with_all_expressions() -> None:
     samples = task.load_samples()
     assert len(samples) == 178 and len({s.id for s in samples}) == 178
     first = samples[0]
-    assert first.id == "1000000" and first.prompt == PROMPT == "Give a short description of <region1>."
+    assert first.id == "1000000"
+    assert first.prompt == REFCOCOG_PROMPT == "Give a short description to refer to <region1> only."
     assert first.target == ["The medium circle", "The circle that is medium", "The medium-sized circle"]
     assert first.gold_answer == first.target[0]
     assert sum(len(s.target) for s in samples) == 319  # every expression of the split is a reference
@@ -95,7 +97,7 @@ def test_refcocog_samples_one_per_region_with_all_expressions() -> None:
     # Box-only adapters get the box without the mask; mask-taking ones get both.
     (boxed,) = task.build_requests(first, Capabilities(boxes=True, masks=False))
     assert boxed.regions[0].box == region.box and boxed.regions[0].mask is None
-    assert boxed.max_new_tokens == MAX_NEW_TOKENS == 32 and boxed.prompt == PROMPT
+    assert boxed.max_new_tokens == MAX_NEW_TOKENS == 32 and boxed.prompt == REFCOCOG_PROMPT
     (masked,) = task.build_requests(first, Capabilities(boxes=True, masks=True))
     assert masked.regions == (region,)
     assert len(RefCocogCaptioning(default_suite_dir(), split="test").load_samples()) == 128
@@ -106,6 +108,7 @@ def test_vg_samples_one_per_region_of_the_test_split() -> None:
     assert len(samples) == 293
     assert {s.metadata["image_id"] for s in samples} == set(range(300001, 300041))
     assert all(s.target == [s.gold_answer] and s.regions[0].mask is None for s in samples)
+    assert {s.prompt for s in samples} == {VG_PROMPT} != {REFCOCOG_PROMPT}  # a description, not a referring one
 
 
 # ----------------------------------------------------------------------------- real metrics

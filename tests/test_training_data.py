@@ -30,8 +30,7 @@ from bench.training.conversations import (
     longest_phrasings,
     mix,
 )
-from tasks.captioning import PROMPT as CAPTION_PROMPT
-from tasks.captioning import RefCocogCaptioning, VisualGenomeCaptioning
+from tasks.captioning import REFCOCOG_PROMPT, VG_PROMPT, RefCocogCaptioning, VisualGenomeCaptioning
 from tasks.coco_cls import CocoClassification
 from tasks.pope import PopeAdversarial, PopePopular, PopeRandom
 from tasks.rec import IOU_THRESHOLD, RefCOCOgREC, build_prompt, parse_choice
@@ -107,12 +106,13 @@ def test_classification_prompts_are_the_eval_prompts(root: Path, conversations: 
 
 def test_caption_prompts_are_the_eval_prompt(root: Path, conversations: list[Conversation]) -> None:
     train = of_kind(conversations, "caption")
-    prompts = {s.prompt for s in RefCocogCaptioning(root).load_samples()}
-    prompts |= {s.prompt for s in VisualGenomeCaptioning(root).load_samples()}
-    assert prompts == {CAPTION_PROMPT} == {c.turns[0][0] for c in train}
     vg = [c for c in train if c.source.startswith("vg:")]
     refcocog = [c for c in train if c.source.startswith("refcocog:")]
     assert vg and refcocog
+    # Each dataset's conversations ask with that task's prompt, and the two prompts differ.
+    assert {s.prompt for s in RefCocogCaptioning(root).load_samples()} == {REFCOCOG_PROMPT}
+    assert {s.prompt for s in VisualGenomeCaptioning(root).load_samples()} == {VG_PROMPT}
+    assert {c.turns[0][0] for c in refcocog} == {REFCOCOG_PROMPT} != {c.turns[0][0] for c in vg} == {VG_PROMPT}
     assert all(c.regions[0].mask is None for c in vg)  # box-only, as vg-cap
     assert all(c.regions[0].mask is not None for c in refcocog)  # with the mask, as refcocog-cap
 
@@ -252,7 +252,7 @@ def test_all_texts(conversations: list[Conversation]) -> None:
     texts = all_texts(conversations)
     assert len(texts) == 2 * sum(len(c.turns) for c in conversations)
     assert texts[:2] == list(conversations[0].turns[0])
-    assert CAPTION_PROMPT in texts and "Yes" in texts and "No" in texts
+    assert VG_PROMPT in texts and REFCOCOG_PROMPT in texts and "Yes" in texts and "No" in texts
 
 
 def test_mix_reweights_deterministically(conversations: list[Conversation]) -> None:

@@ -9,7 +9,7 @@ modules' own constants and functions, never a copy of their strings:
 kind             user text (``<regionK>`` numbered over ``regions``)          assistant text
 ===============  ==========================================================  ===============================
 classification   ``tasks.coco_cls.PHRASINGS[i] + " " + answer_suffix(names)``  the category name
-caption          ``tasks.captioning.PROMPT``                                  a VG phrase / RefCOCOg sentence
+caption          ``tasks.captioning.VG_PROMPT`` / ``REFCOCOG_PROMPT``         a VG phrase / RefCOCOg sentence
 rec              ``tasks.rec.build_prompt(expression, K)``                    ``tasks.rec.choice_label(k)``
 pope             ``bench.synthetic.pope_sampling.question_text(name)``        ``"Yes"`` / ``"No"``
 relation         ``"Is <region1> to the left of <region2>?"`` (4 relations)   ``"Yes"`` / ``"No"``
@@ -93,7 +93,7 @@ from bench.synthetic.proposals import detect
 from bench.synthetic.relations import Box as XYWH
 from bench.synthetic.relations import holds
 from bench.types import ImageRef
-from tasks.captioning import PROMPT as CAPTION_PROMPT
+from tasks.captioning import REFCOCOG_PROMPT, VG_PROMPT
 from tasks.coco_cls import PHRASINGS, answer_suffix
 from tasks.rec import IOU_THRESHOLD, build_candidates, build_prompt, choice_label
 
@@ -294,13 +294,13 @@ def _captions(data_root: Path, split: str, refs: list, ref_instances: _Cached | 
         images = {i: ImageRef(key=ref.key, path=ref.path, size=sizes.get(i)) for i, ref in vg.images.items()}
         for r in vg.regions:
             out.append(Conversation(image=images[r.image_id], regions=(r.region,),
-                                    turns=((CAPTION_PROMPT, r.phrase),), kind="caption", source=f"vg:{r.region_id}"))
+                                    turns=((VG_PROMPT, r.phrase),), kind="caption", source=f"vg:{r.region_id}"))
     if ref_instances is not None:
         for ref in refs:
             region = ref_instances.region(ref.ann_id)
             image = ref_instances.image(ref.image_id)
             for e in ref.expressions:
-                out.append(Conversation(image=image, regions=(region,), turns=((CAPTION_PROMPT, e.text),),
+                out.append(Conversation(image=image, regions=(region,), turns=((REFCOCOG_PROMPT, e.text),),
                                         kind="caption", source=f"refcocog:{ref.ref_id}-{e.sent_id}"))
     return out
 
