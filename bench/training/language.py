@@ -126,7 +126,8 @@ def verbalize(regions: Sequence[Any], size: tuple[int, int], objects: Sequence[S
     and of each region (``bench.regions.Region``), a region given as a box alone (no mask)
     followed by ``box_marker`` when it names an object.
 
-    Why the marker: the two caption tasks share one prompt, and their references differ in
+    Why the marker: the two caption tasks shared one prompt (refcocog-cap's version 1; each
+    has its own now, and the marker stays in the default recipe), and their references differ in
     style by region type (Visual Genome boxes: "a medium red heart"; RefCOCOg masks: "the
     heart that is medium - sized"). A box pools background that a mask does not, which is
     how the model can tell them apart, but words without the marker are the same for both:
