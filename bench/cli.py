@@ -383,6 +383,8 @@ def train_gpt4roi(
     polish_captions: PolishCaptions = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Conversations per step.")] = None,
     image_size: Annotated[Optional[int], typer.Option(help="Input resolution of the tiny model.")] = None,
+    patch_size: Annotated[Optional[int], typer.Option(
+        help="The tiny tower's patch side (default 8; 12 at --image-size 192 keeps the 16x16 grid).")] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar with the loss.")] = True,
 ) -> None:
     """Train the tiny GPT4RoI: stage 0 (its tiny CLIP), its LLM from the tiny RGPT's stage L, then
@@ -395,6 +397,7 @@ def train_gpt4roi(
     overrides: dict[str, Any] = {"seed": seed, "stage1_steps": stage1_steps, "stage2_steps": stage2_steps,
                                  "batch_size": batch_size,
                                  "train_images": train_images, "vision_steps": vision_steps, "image_size": image_size,
+                                 "patch_size": patch_size,
                                  "language_easy_steps": language_easy_steps, "language_steps": language_steps,
                                  "language_cycles": language_cycles,
                                  "language_word_weight": language_word_weight,

@@ -25,6 +25,7 @@ from bench.training.vision import (
     presence_loss,
     presence_targets,
     pretrain_vision_tower,
+    resize_patch_embedding,
     resize_positions,
 )
 
@@ -200,3 +201,31 @@ def test_resize_positions_carries_a_tower_to_a_larger_grid() -> None:
     state[key] = torch.zeros(11, 16)
     with pytest.raises(ValueError, match="not a square grid"):
         resize_positions(state, 8)
+
+
+def test_resize_patch_embedding_by_hand_2_to_3() -> None:
+    """1-D bilinear 2 -> 3 (align_corners=False) samples the source at 0, 0.5, 1, so B^T =
+    [[1, .5, 0], [0, .5, 1]]; the least-norm w' with B^T w' = (1, 0) is B (B^T B)^-1 (1, 0) =
+    (5/6, 1/3, -1/6). The 2-D resize is separable: a kernel with only its top-left pixel set
+    becomes the outer product of that vector with itself."""
+    kernel = torch.zeros(1, 1, 2, 2)
+    kernel[0, 0, 0, 0] = 1.0
+    out = resize_patch_embedding({"embeddings.patch_embedding.weight": kernel}, 3)
+    row = torch.tensor([5 / 6, 1 / 3, -1 / 6])
+    assert torch.allclose(out["embeddings.patch_embedding.weight"][0, 0], torch.outer(row, row), atol=1e-6)
+
+
+def test_resize_patch_embedding_keeps_each_token_of_an_upsampled_patch() -> None:
+    torch.manual_seed(0)
+    tower = _tower(0)  # patch 8
+    state = tower.state_dict()
+    resized = resize_patch_embedding(state, 12)
+    old, new = state["embeddings.patch_embedding.weight"], resized["embeddings.patch_embedding.weight"]
+    assert new.shape == (*old.shape[:2], 12, 12)
+    patches = torch.randn(6, 3, 8, 8)
+    upsampled = torch.nn.functional.interpolate(patches, size=(12, 12), mode="bilinear", align_corners=False)
+    assert torch.allclose(torch.nn.functional.conv2d(patches, old), torch.nn.functional.conv2d(upsampled, new),
+                          atol=1e-4)
+    assert torch.equal(resize_patch_embedding(state, 8)["embeddings.patch_embedding.weight"], old)  # same side
+    with pytest.raises(ValueError, match="no patch_embedding.weight"):
+        resize_patch_embedding({"other.weight": old}, 12)

@@ -114,14 +114,15 @@ class GPT4RoIConfig:
     @classmethod
     def tiny(cls, vocab_size: int, token_ids: dict[str, int], vision_layers: int = 4, vision_hidden: int = 64,
              image_size: int = 128, llm_layers: int = 4, llm_hidden: int = 128, llm_heads: int = 4,
-             max_positions: int = 512) -> GPT4RoIConfig:
-        """CPU size: 128 px, patch 8 (16x16 grid, 256 image tokens like the full model), image tokens from
+             max_positions: int = 512, patch_size: int = 8) -> GPT4RoIConfig:
+        """CPU size: 128 px, patch 8 (16x16 grid, 256 image tokens like the full model; 192 px with
+        patch 12 keeps that grid at 1.5 times the pixels, as ViT-L/14 at 224 does), image tokens from
         the penultimate layer, levels = the four hidden states up to it (``hs[-5..-2]``: a 4-layer
         tower has 5) resized to 32/32/16/16, RoIAlign 7x7. ``token_ids`` from
         :func:`adapters.gpt4roi.processing_gpt4roi.config_token_ids`."""
         vision = CLIPVisionConfig(
             hidden_size=vision_hidden, intermediate_size=4 * vision_hidden, num_hidden_layers=vision_layers,
-            num_attention_heads=4, patch_size=8, image_size=image_size, projection_dim=vision_hidden,
+            num_attention_heads=4, patch_size=patch_size, image_size=image_size, projection_dim=vision_hidden,
             hidden_act="quick_gelu",
         )
         text = LlamaConfig(

@@ -57,7 +57,13 @@ from bench.training.runs import (
     stage0_tower,
     write_recipe,
 )
-from bench.training.vision import VisionRecipe, build_vision_examples, init_sincos_positions, resize_positions
+from bench.training.vision import (
+    VisionRecipe,
+    build_vision_examples,
+    init_sincos_positions,
+    resize_patch_embedding,
+    resize_positions,
+)
 
 RGPT_TINY = Path(__file__).resolve().parents[1] / "rgpt" / "checkpoints" / "tiny"
 # The tiny RGPT's LLM after its text-only stage L: the tiny stand-in for Vicuna.
@@ -72,6 +78,9 @@ class Recipe:
 
     seed: int = 0
     image_size: int = 128          # tiny: 128 px, patch 8 -> 16x16 grid, 256 image tokens
+    # The tower's patch side: 12 at 192 px keeps the 16x16 grid (and the LLM's cost) at 1.5 times
+    # the pixels; init_tower's 8-px patch embedding is resized exactly (resize_patch_embedding).
+    patch_size: int = 8
     train_images: int = 20000      # synthetic training images when no data root is given
     init_tower: str | None = str(RGPT_TINY)  # a checkpoint whose vision_tower.* starts stage 0; None: scratch
     vision_steps: int = 3000       # stage 0 steps (12000 from scratch)
@@ -202,7 +211,9 @@ def _initial_tower(model: Any, recipe: Recipe) -> None:
     with safe_open(str(weights), framework="pt") as handle:
         state = {k.removeprefix("vision_tower."): handle.get_tensor(k) for k in handle.keys()  # noqa: SIM118
                  if k.startswith("vision_tower.")}
-    # RGPT's tower may run at another resolution than GPT4RoI's: its position table is resized.
+    # RGPT's tower may run at another resolution and patch side than GPT4RoI's: its position table
+    # and its patch embedding are resized.
+    state = resize_patch_embedding(state, int(model.config.vision_config.patch_size))
     model.vision_tower.load_state_dict(resize_positions(state, model.config.patch_grid))
 
 
@@ -307,7 +318,8 @@ def train_tiny_gpt4roi(data_root: Path | None, out_dir: Path, recipe: Recipe = R
     evaluated_texts, training_only_texts = vocabulary_texts(base)
     tokenizer = run_tokenizer(out_dir, evaluated_texts, build_word_tokenizer, load_tokenizer,
                               extra_texts=training_only_texts)
-    config = GPT4RoIConfig.tiny(len(tokenizer), config_token_ids(tokenizer), image_size=recipe.image_size)
+    config = GPT4RoIConfig.tiny(len(tokenizer), config_token_ids(tokenizer), image_size=recipe.image_size,
+                                patch_size=recipe.patch_size)
     model = GPT4RoIForCausalLM(config)
     processor = GPT4RoIProcessor(tokenizer, config)
     if recipe.init_llm is not None:

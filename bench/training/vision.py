@@ -193,6 +193,30 @@ def resize_positions(state: dict[str, torch.Tensor], grid: int) -> dict[str, tor
     return resized
 
 
+def resize_patch_embedding(state: dict[str, torch.Tensor], patch: int) -> dict[str, torch.Tensor]:
+    """A CLIP tower's ``state`` with its patch embedding (a conv, kernel = stride = patch side)
+    resized to ``patch`` x ``patch`` pixels, FlexiViT's pseudo-inverse resize (Beyer et al. 2023):
+    with ``B`` the bilinear resize of a patch from the old side to the new, the new kernel is
+    ``pinv(B^T) w``, so a patch upsampled by ``B`` gives exactly the token its original gave.
+
+    Why: the tiny GPT4RoI's tower starts from the tiny RGPT's (8-px patches); at 192 px with
+    12-px patches it keeps the 16x16 grid of 256 image tokens. Resizing the kernel naively
+    (interpolating it) changes every token's scale; this keeps stage 0's starting point."""
+    key = next((k for k in state if k.endswith("patch_embedding.weight")), None)
+    if key is None:
+        raise ValueError("no patch_embedding.weight in the tower's state dict")
+    kernel = state[key]
+    old = kernel.shape[-1]
+    if old == patch:
+        return dict(state)
+    basis = torch.eye(old * old, dtype=torch.float64).reshape(-1, 1, old, old)
+    resize = F.interpolate(basis, size=(patch, patch), mode="bilinear", align_corners=False)
+    resize = resize.reshape(old * old, patch * patch)  # rows: B^T (old pixel -> its weights in the new patch)
+    flat = kernel.double().reshape(-1, old * old)  # [C * 3, old * old]
+    new = flat @ torch.linalg.pinv(resize).T  # solves B^T w' = w with the least norm, per row
+    return {**state, key: new.reshape(*kernel.shape[:2], patch, patch).to(kernel.dtype)}
+
+
 def patch_features(tower: nn.Module, pixel_values: torch.Tensor, select_layer: int) -> torch.Tensor:
     """The tower's ``select_layer`` hidden state without CLS: [B, g*g, C]."""
     out = tower(pixel_values=pixel_values, output_hidden_states=True)
