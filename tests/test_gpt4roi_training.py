@@ -92,6 +92,23 @@ def test_stage0_starts_from_another_checkpoints_tower(tmp_path: Path) -> None:
     loaded = target.vision_tower.embeddings
     assert torch.equal(loaded.patch_embedding.weight, larger.vision_tower.embeddings.patch_embedding.weight)
     assert loaded.position_embedding.weight.shape[0] == 1 + target.config.patch_grid ** 2 != 1 + 12 * 12
+    # A 12-px-patch tower (192 px, the same 16x16 grid) starts from the 8-px one with its patch
+    # embedding resized (resize_patch_embedding) and the position table as it is.
+    coarse = GPT4RoIForCausalLM(GPT4RoIConfig.tiny(64, word_tokenizer_ids(), image_size=192, patch_size=12,
+                                                   llm_hidden=32, llm_layers=1))
+    assert coarse.config.patch_grid == 16 and coarse.config.num_image_tokens == 256
+    save_file({f"vision_tower.{k}": v.contiguous() for k, v in source.vision_tower.state_dict().items()},
+              str(tmp_path / "model.safetensors"))
+    _initial_tower(coarse, Recipe(init_tower=str(tmp_path)))
+    kernel = coarse.vision_tower.embeddings.patch_embedding.weight
+    assert kernel.shape[-2:] == (12, 12)
+    assert torch.equal(coarse.vision_tower.embeddings.position_embedding.weight,
+                       source.vision_tower.embeddings.position_embedding.weight)
+    patch = torch.randn(1, 3, 8, 8)
+    upsampled = torch.nn.functional.interpolate(patch, size=(12, 12), mode="bilinear", align_corners=False)
+    assert torch.allclose(torch.nn.functional.conv2d(upsampled, kernel),
+                          torch.nn.functional.conv2d(patch, source.vision_tower.embeddings.patch_embedding.weight),
+                          atol=1e-3)
 
 
 def test_the_llm_starts_from_another_vocabularys_llm_row_by_word(tmp_path: Path) -> None:
