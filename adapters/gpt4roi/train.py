@@ -24,9 +24,10 @@ over its own grid of image tokens. The run closes with RGPT's polish stage
 
 Layout of ``out_dir``: ``config.json``, ``model.safetensors``, ``tokenizer.json``,
 ``recipe.json``, ``vision/`` (the tower and its log), ``language/`` (stage L's LLM and heads),
-``log.json``, ``resume/``, ``polish/``. Re-running the same call resumes. Stages 0 and L of the
-default recipe are committed (``adapters/gpt4roi/checkpoints/tiny-base``: ``vision/``,
-``language/``, the tokenizer): a copy of it as ``out_dir`` starts at stage 1.
+``log.json``, ``resume/``, ``polish/``. Re-running the same call resumes. A directory holding a
+finished stage 0 and stage L (``vision/``, ``language/``, the tokenizer) as ``out_dir`` starts at
+stage 1: ``adapters/gpt4roi/checkpoints/tiny-base``, once committed, is the default recipe's
+(tests/test_gpt4roi_base.py checks it then).
 """
 
 from __future__ import annotations
@@ -83,14 +84,14 @@ class Recipe:
     # 128 px, patch 8 -> 16x16 grid, 256 image tokens. Stage 0's probe names 92.9% of the objects'
     # categories at 128 px, 92.8% at 192 px with 12-px patches (the same grid, run P1) and 95.0% at
     # 160 px (20x20, run G11): the finer grid helps, not the pixels. But 400 image tokens make a
-    # stage-L step 3.35 s (128 px: about 1.4 s), a run about twice as long: not the default.
+    # stage-L step 3.35 s (128 px: 2.2 s, run B), and every later step carries them: not the default.
     image_size: int = 128
     # The tower's patch side: 12 at 192 px keeps the 16x16 grid (and the LLM's cost) at 1.5 times
     # the pixels; init_tower's 8-px patch embedding is resized exactly (resize_patch_embedding).
     patch_size: int = 8
     train_images: int = 20000      # synthetic training images when no data root is given
     init_tower: str | None = str(RGPT_TINY)  # a checkpoint whose vision_tower.* starts stage 0; None: scratch
-    # Stage 0 steps (12000 from scratch). 6000 (run B, the committed tiny-base): at 3000 the probe's
+    # Stage 0 steps (12000 from scratch). 6000 (run B: probe 93.9% against 92.9%): at 3000 the probe's
     # category accuracy was still rising under the cosine schedule (runs P1, G11), and the category
     # of small objects is a shortfall (G10).
     vision_steps: int = 6000
@@ -112,8 +113,7 @@ class Recipe:
     least_squares_regions: int = 4000  # conversations whose regions fit updims
     # Stage L and the alignment of stages 1 and 2, as the tiny RGPT's (adapters.rgpt.train). Its
     # own stage L (run G10, 2000 steps: POPE F1 +2.4 and REC +6.3 over borrowing the tiny RGPT's
-    # heads) costs about 50 min at 256 image tokens; the committed tiny-base holds its result
-    # (and stage 0's), so a copy of it as --out starts at stage 1. 0 steps: borrow_heads.
+    # heads) costs 50-75 min at 256 image tokens (2.2 s a step in run B). 0 steps: borrow_heads.
     language_easy_steps: int = 0
     language_steps: int = 2000
     language_cycles: int = 1
