@@ -232,38 +232,3 @@ def test_borrowing_heads_that_are_not_there_is_refused_naming_the_fix(tmp_path: 
     with pytest.raises(ConfigError, match=r"language/heads.safetensors.*--no-borrow-heads"):
         _borrowed_heads(Recipe(init_llm=str(tmp_path)), None, None)
 
-
-@pytest.mark.slow
-def test_a_finished_stage_0_and_l_copied_as_out_goes_straight_to_stage_1(small_suite: Path, tmp_path: Path) -> None:
-    """What the committed tiny-base is for (README): a run's vision/, language/ and tokenizer files in a
-    fresh --out skip stages 0 and L; the tower and the stage-L LLM are the ones copied."""
-    import shutil
-
-    toy = ["--data-root", str(small_suite), "--init-tower", "none", "--image-size", "64", "--batch-size", "4",
-           "--vision-steps", "2", "--language-steps", "2", "--curriculum", "none", "--no-progress"]
-    first = tmp_path / "first"
-    trained = run_bench("train", "gpt4roi", "--out", str(first), "--stage1-steps", "1", "--stage2-steps", "0",
-                        "--polish-steps", "0", *toy)
-    assert trained.returncode == 0, trained.stderr
-    base = tmp_path / "base"
-    for name in ("vision", "language", "tokenizer.json", "tokenizer_config.json"):
-        source = first / name
-        (shutil.copytree if source.is_dir() else shutil.copy)(source, base / name)
-    shutil.rmtree(base / "language" / "resume", ignore_errors=True)
-    (base / "vision" / "log.json").unlink()
-    (base / "language" / "log.json").unlink()
-    result = run_bench("train", "gpt4roi", "--out", str(base), "--stage1-steps", "1", "--stage2-steps", "1",
-                       "--polish-steps", "0", *toy)
-    assert result.returncode == 0, result.stderr
-    assert not (base / "vision" / "log.json").exists() and not (base / "language" / "log.json").exists()
-    assert [r["stage"] for r in json.loads((base / "log.json").read_text())] == ["stage1", "stage2"]
-    saved = load_file(str(base / "model.safetensors"))
-    tower = load_file(str(first / "vision" / "tower.safetensors"))
-    assert all(torch_equal(saved[f"vision_tower.{k}"], v) for k, v in tower.items() if f"vision_tower.{k}" in saved)
-    assert sum(f"vision_tower.{k}" in saved for k in tower) > 0
-
-
-def torch_equal(a, b) -> bool:  # noqa: ANN001
-    import torch
-
-    return bool(torch.equal(a, b))
