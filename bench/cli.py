@@ -357,7 +357,8 @@ def train_gpt4roi(
              "rougher fit).")] = None,
     language_easy_steps: LanguageEasySteps = None,
     language_steps: Annotated[Optional[int], typer.Option(
-        help="Stage L steps on the whole verbalized mix (default 0: no stage L; see README).")] = None,
+        help="Stage L steps on the whole verbalized mix (default 2000; 0: no stage L, the heads borrowed; "
+             "see README).")] = None,
     language_cycles: LanguageCycles = None,
     language_word_weight: LanguageWordWeight = None,
     language_box_marker: LanguageBoxMarker = None,

@@ -232,3 +232,11 @@ def test_borrowing_heads_that_are_not_there_is_refused_naming_the_fix(tmp_path: 
     with pytest.raises(ConfigError, match=r"language/heads.safetensors.*--no-borrow-heads"):
         _borrowed_heads(Recipe(init_llm=str(tmp_path)), None, None)
 
+
+
+def test_a_patch_side_that_does_not_divide_the_image_is_refused_naming_the_fix(tmp_path: Path) -> None:
+    from adapters.gpt4roi.train import Recipe, train_tiny_gpt4roi
+    from bench.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"image_size 100 is not a multiple of patch_size 12.*--patch-size 12"):
+        train_tiny_gpt4roi(tmp_path, tmp_path / "out", Recipe(image_size=100, patch_size=12))

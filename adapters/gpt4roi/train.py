@@ -319,6 +319,9 @@ def train_tiny_gpt4roi(data_root: Path | None, out_dir: Path, recipe: Recipe = R
 
     if recipe.polish_captions not in POLISH_CAPTIONS:
         raise ConfigError(f"polish_captions {recipe.polish_captions!r}: expected one of {', '.join(POLISH_CAPTIONS)}")
+    if recipe.image_size % recipe.patch_size:
+        raise ConfigError(f"image_size {recipe.image_size} is not a multiple of patch_size {recipe.patch_size}: "
+                          "the tower's patch grid must cover the image (e.g. --image-size 192 --patch-size 12)")
     started = time.time()
     data_root = Path(data_root) if data_root is not None else default_suite_dir(SuiteParams(
         n_train=recipe.train_images))
