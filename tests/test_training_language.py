@@ -384,6 +384,33 @@ def test_an_image_without_known_objects_is_a_data_error_naming_it_and_the_fix() 
         verbalize_all([conversation], {}, 4)
 
 
+def test_verbalize_all_works_out_each_images_cells_once_with_the_same_words(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from bench.training import language
+
+    scenes = {"a.png": ((40, 20), [RING, STAR]), "b.png": ((40, 20), [STAR])}
+    conversations = [
+        Conversation(image=ImageRef(key), regions=(Region(box=box),), turns=(("What is <region1>?", "x"),),
+                     kind="caption")
+        for key, box in (("a.png", RING.box), ("b.png", STAR.box), ("a.png", STAR.box), ("a.png", RING.box))]
+    calls: list[tuple[int, int]] = []
+    counted = language.cell_words
+
+    def counting(objects, size, *args):  # noqa: ANN001, ANN002, ANN202
+        calls.append(size)
+        return counted(objects, size, *args)
+    monkeypatch.setattr(language, "cell_words", counting)
+    verbals = language.verbalize_all(conversations, scenes, 2, square=False, cell_detail="colour")
+    assert len(calls) == 2  # one per image, not one per conversation
+    monkeypatch.setattr(language, "cell_words", counted)
+    for conversation in conversations:
+        size, objects = scenes[conversation.image.key]
+        assert verbals[id(conversation)] == verbalize(conversation.regions, size, objects, 2, square=False,
+                                                      cell_detail="colour")
+    assert verbals[id(conversations[2])].regions == (STAR.words,)
+    assert verbals[id(conversations[0])].cells == verbals[id(conversations[3])].cells
+
+
 def test_language_stages_warm_restarts_and_llm_prefixes() -> None:
     from bench.training.language import LanguageRecipe, language_stages
 
