@@ -26,8 +26,8 @@ Layout of ``out_dir``: ``config.json``, ``model.safetensors``, ``tokenizer.json`
 ``recipe.json``, ``vision/`` (the tower and its log), ``language/`` (stage L's LLM and heads),
 ``log.json``, ``resume/``, ``polish/``. Re-running the same call resumes. A directory holding a
 finished stage 0 and stage L (``vision/``, ``language/``, the tokenizer) as ``out_dir`` starts at
-stage 1: ``adapters/gpt4roi/checkpoints/tiny-base``, once committed, is the default recipe's
-(tests/test_gpt4roi_base.py checks it then).
+stage 1: ``adapters/gpt4roi/checkpoints/tiny-base`` is the default recipe's, committed (run B of
+the training log; tests/test_gpt4roi_base.py checks it).
 """
 
 from __future__ import annotations
