@@ -23,7 +23,7 @@ def test_train_then_evaluate_tiny_gpt4roi(small_suite: Path, tmp_path: Path) -> 
     args = ["train", "gpt4roi", "--out", str(out), "--data-root", str(small_suite), "--init-tower", "none",
             "--vision-steps", "2", "--language-steps", "2", "--stage1-steps", "2", "--curriculum",
             "classification=1", "--stage2-steps", "2", "--polish-steps", "2", "--stage1-lr", "3e-4",
-            "--batch-size", "4",
+            "--batch-size", "4", "--least-squares-regions", "8",
             "--image-size", "64", "--no-progress"]
     trained = run_bench(*args)
     assert trained.returncode == 0, trained.stderr
@@ -168,7 +168,7 @@ def test_without_a_stage_l_the_alignment_borrows_the_init_llms_heads(small_suite
         trained = run_bench("train", "gpt4roi", "--out", str(out), "--data-root", str(small_suite), "--init-tower",
                             "none", "--vision-steps", "1", "--stage1-steps", "1", "--curriculum", "none",
                             "--stage2-steps", "1", "--polish-steps", "0", "--batch-size", "4", "--image-size", "64",
-                            "--language-steps", "0", "--no-progress", *extra)
+                            "--language-steps", "0", "--least-squares-regions", "8", "--no-progress", *extra)
         assert trained.returncode == 0, trained.stderr
         log = json.loads((out / "log.json").read_text())
         assert [(r["stage"], r["step"]) for r in log] == [("stage1", 1), ("stage2", 1)]
