@@ -233,7 +233,6 @@ def test_borrowing_heads_that_are_not_there_is_refused_naming_the_fix(tmp_path: 
         _borrowed_heads(Recipe(init_llm=str(tmp_path)), None, None)
 
 
-
 def test_a_patch_side_that_does_not_divide_the_image_is_refused_naming_the_fix(tmp_path: Path) -> None:
     from adapters.gpt4roi.train import Recipe, train_tiny_gpt4roi
     from bench.errors import ConfigError

@@ -599,12 +599,12 @@ def verbalize_all(examples: Sequence[Any], scenes: Mapping[str, tuple[tuple[int,
     verbals: dict[int, Verbal] = {}
     cells: dict[str, tuple[tuple[str, ...], ...]] = {}
     for conversation in examples:
-        if conversation.image.key not in scenes:
+        key = conversation.image.key
+        if key not in scenes:
             where = conversation.source or f"a {conversation.kind} conversation"
-            raise DataError(f"stage L: training image {conversation.image.key!r} ({where}) is in neither the "
+            raise DataError(f"stage L: training image {key!r} ({where}) is in neither the "
                             "COCO nor the RefCOCOg instances file, so its objects are unknown; add it there, "
                             "or skip stage L (--language-easy-steps 0 --language-steps 0)")
-        key = conversation.image.key
         size, objects = scenes[key]
         if key not in cells:
             cells[key] = cell_words(objects, size, grid, square, cell_detail)
