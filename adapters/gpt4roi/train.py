@@ -27,7 +27,7 @@ Layout of ``out_dir``: ``config.json``, ``model.safetensors``, ``tokenizer.json`
 ``log.json``, ``resume/``, ``polish/``. Re-running the same call resumes. A directory holding a
 finished stage 0 and stage L (``vision/``, ``language/``, the tokenizer) as ``out_dir`` starts at
 stage 1: ``adapters/gpt4roi/checkpoints/tiny-base`` is the default recipe's, committed (run B of
-the training log; tests/test_gpt4roi_base.py checks it).
+the training log; tests/test_tiny_bases.py checks it).
 """
 
 from __future__ import annotations
