@@ -46,9 +46,12 @@ def test_train_then_evaluate_tiny_gpt4roi(small_suite: Path, tmp_path: Path) -> 
     llm = load_file(str(out / "language" / "llm.safetensors"))
     assert any(not (weights[k] == llm[k]).all() for k in llm if k.startswith("model.layers."))
 
+    fitted = (out / "least_squares.json").stat().st_mtime_ns
     again = run_bench(*args)  # finds the finished run: weights unchanged
     assert again.returncode == 0, again.stderr
     assert all((load_file(str(out / "model.safetensors"))[k] == v).all() for k, v in weights.items())
+    # Its resume point replaces every weight, so the least-squares fit is not redone.
+    assert (out / "least_squares.json").stat().st_mtime_ns == fitted
 
     result = run_bench("run", "--model", "gpt4roi", "--model-args", f"pretrained={out},max_new_tokens=4",
                        "--task", "pope-adversarial,coco-cls", "--data-root", str(small_suite), "--limit", "4",

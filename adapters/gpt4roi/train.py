@@ -61,6 +61,7 @@ from bench.training.runs import (
     stage0_tower,
     write_recipe,
 )
+from bench.training.trainer import has_resume
 from bench.training.vision import (
     VisionRecipe,
     build_vision_examples,
@@ -253,8 +254,8 @@ def _least_squares_connector(model: Any, collate: Any, conversations: Sequence[C
     word mean (the first ``regions`` conversations that have regions). ``collate``: the
     :class:`bench.training.alignment.WithVerbalTargets` of stages 1 and 2 (its cached tower states
     and words). Writes the fits' relative errors (:func:`bench.training.alignment.least_squares_start`)
-    to ``out_dir/least_squares.json`` and returns them. Deterministic, so a resumed run redoes it
-    before loading its resume weights over it."""
+    to ``out_dir/least_squares.json`` and returns them. A resumed run skips it: its resume weights
+    replace every parameter."""
     import json
 
     from bench.training.language import mean_word_embeddings
@@ -367,7 +368,9 @@ def train_tiny_gpt4roi(data_root: Path | None, out_dir: Path, recipe: Recipe = R
                                                        borrowed_heads=_borrowed_heads(recipe, tokenizer,
                                                                                       load_tokenizer))
 
-    if prefix and recipe.least_squares_start:
+    # A run that has saved a resume point of stages 1 and 2 loads every weight from it (strictly),
+    # so the fit, minutes on the real suite, would be overwritten: skip it there.
+    if prefix and recipe.least_squares_start and not has_resume(out_dir):
         _least_squares_connector(model, collate, examples, recipe.least_squares_regions, out_dir)
 
     def save(_: torch.nn.Module, directory: Path) -> None:

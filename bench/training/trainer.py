@@ -121,7 +121,7 @@ def train(
     log: list[dict[str, Any]] = []
     start_stage, start_step = 0, 0
     resume = out_dir / RESUME_DIR
-    if (resume / STATE_FILE).is_file():
+    if has_resume(out_dir):
         start_stage, start_step = _load_resume(resume, model, signature)
         log = _load_log(out_dir, start_stage, start_step)
 
@@ -174,6 +174,11 @@ def train(
 
 
 # ------------------------------------------------------------------ stages
+
+
+def has_resume(out_dir: Path) -> bool:
+    """Whether ``out_dir`` holds a resume point of :func:`train` (which then loads every weight from it)."""
+    return (Path(out_dir) / RESUME_DIR / STATE_FILE).is_file()
 
 
 def _check_arguments(sets: Mapping[str, Sequence[Any]], stages: Sequence[Stage], checkpoint_every: int) -> None:
