@@ -241,6 +241,9 @@ PolishLr = Annotated[Optional[float], typer.Option(help="Peak learning rate of t
 PolishMix = Annotated[Optional[str], typer.Option(
     help="Conversations of the polish stage per kind: KIND=COUNT or KIND:DATASET=COUNT, comma-separated "
          "(default: Recipe.polish_mix, RefCOCOg's captions leading).")]
+PolishFrom = Annotated[Optional[Path], typer.Option(
+    help="A tiny checkpoint directory of the same model to run only the polish stage on (instead of "
+         "stages 0 to 2); needs --polish-steps.")]
 PolishCaptions = Annotated[Optional[str], typer.Option(
     help="Which sentences of each RefCOCOg ref the polish stage's captions train on: all, or longest "
          "(its longest sentence only; default: Recipe.polish_captions).")]
@@ -287,9 +290,7 @@ def train_rgpt(
     stage2_steps: Annotated[Optional[int], typer.Option(help="Stage 2 steps on the full mix (+ LLM).")] = None,
     polish_steps: PolishSteps = None,
     polish_lr: PolishLr = None,
-    polish_from: Annotated[Optional[Path], typer.Option(
-        help="A tiny RGPT checkpoint directory to run only the polish stage on (instead of stages 0 to 2); "
-             "needs --polish-steps.")] = None,
+    polish_from: PolishFrom = None,
     polish_mix: PolishMix = None,
     polish_captions: PolishCaptions = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Conversations per step.")] = None,
@@ -382,6 +383,7 @@ def train_gpt4roi(
     polish_lr: PolishLr = None,
     polish_mix: PolishMix = None,
     polish_captions: PolishCaptions = None,
+    polish_from: PolishFrom = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Conversations per step.")] = None,
     image_size: Annotated[Optional[int], typer.Option(help="Input resolution of the tiny model.")] = None,
     patch_size: Annotated[Optional[int], typer.Option(
@@ -421,7 +423,7 @@ def train_gpt4roi(
     if init_llm is not None:
         recipe = dataclasses.replace(recipe, init_llm=None if init_llm.lower() == "none" else init_llm)
     root = train_tiny_gpt4roi(resolve_data_root(data_root) if data_root is not None else None, out, recipe,
-                              progress=progress)
+                              progress=progress, polish_from=polish_from)
     typer.echo(f"saved the tiny GPT4RoI checkpoint to {root}; evaluate it with "
                f"bench run --model gpt4roi --model-args pretrained={root} --task coco-cls")
 

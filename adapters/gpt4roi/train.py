@@ -50,6 +50,7 @@ from bench.training.runs import (
     LLM_FILE,
     POLISH_CAPTIONS,
     borrow_heads_by_words,
+    checkpoint_to_polish,
     drawn_beyond_mix,
     example_sets,
     init_llm_by_words,
@@ -304,9 +305,13 @@ def _initial_llm(model: Any, tokenizer: Any, checkpoint: Path, load_tokenizer: A
 
 
 def train_tiny_gpt4roi(data_root: Path | None, out_dir: Path, recipe: Recipe = Recipe(), progress: bool = True,
-                       conversations: Sequence[Conversation] | None = None) -> Path:
+                       conversations: Sequence[Conversation] | None = None, polish_from: Path | None = None) -> Path:
     """Train the tiny GPT4RoI on ``data_root``'s training split (default: the RGPT training suite);
-    the checkpoint lands in ``out_dir``. Re-running the same call resumes after an interruption."""
+    the checkpoint lands in ``out_dir``. Re-running the same call resumes after an interruption.
+
+    ``polish_from``: a tiny GPT4RoI checkpoint directory (``config.json``, ``model.safetensors``,
+    ``tokenizer.json``) to run only the polish stage on, instead of stages 0 to 2, as the tiny
+    RGPT's (:func:`bench.training.runs.checkpoint_to_polish`)."""
     from adapters.gpt4roi.configuration_gpt4roi import GPT4RoIConfig
     from adapters.gpt4roi.modeling_gpt4roi import GPT4RoIForCausalLM
     from adapters.gpt4roi.processing_gpt4roi import (
@@ -330,28 +335,23 @@ def train_tiny_gpt4roi(data_root: Path | None, out_dir: Path, recipe: Recipe = R
     base = list(conversations) if conversations is not None else build_conversations(data_root, "train",
                                                                                        recipe.seed)
     examples = mix(base, dict(recipe.mix), seed=recipe.seed)
+    if polish_from is not None:
+        model, tokenizer = checkpoint_to_polish(Path(polish_from), out_dir, recipe, GPT4RoIForCausalLM,
+                                                load_tokenizer, "GPT4RoI")
     evaluated_texts, training_only_texts = vocabulary_texts(base)
     tokenizer = run_tokenizer(out_dir, evaluated_texts, build_word_tokenizer, load_tokenizer,
                               extra_texts=training_only_texts)
-    config = GPT4RoIConfig.tiny(len(tokenizer), config_token_ids(tokenizer), image_size=recipe.image_size,
-                                patch_size=recipe.patch_size)
-    model = GPT4RoIForCausalLM(config)
+    if polish_from is None:
+        model = GPT4RoIForCausalLM(GPT4RoIConfig.tiny(len(tokenizer), config_token_ids(tokenizer),
+                                                      image_size=recipe.image_size, patch_size=recipe.patch_size))
+    config = model.config
     processor = GPT4RoIProcessor(tokenizer, config)
-    if recipe.init_llm is not None:
+    if recipe.init_llm is not None and polish_from is None:
         _initial_llm(model, tokenizer, Path(recipe.init_llm), load_tokenizer)
 
-    write_recipe(out_dir, recipe, data_root, base, examples)
-    stage0_tower(model.vision_tower, out_dir, lambda: _initial_tower(model, recipe),
-                 lambda: build_vision_examples(data_root, "train", processor.image,
-                                               lambda regions, w, h: stretched_masks(regions, w, h, config.image_size),
-                                               config.patch_grid),
-                 config.vision_select_layer, VisionRecipe(steps=recipe.vision_steps, lr=recipe.vision_lr,
-                                                          seed=recipe.seed, batch_size=recipe.vision_batch_size,
-                                                          presence_grid=recipe.vision_presence_grid),
-                 progress=progress)
+    write_recipe(out_dir, recipe, data_root, base, examples,
+                 polish_from=str(polish_from) if polish_from is not None else None)
 
-    # Stage L (off by default; see Recipe): text only, vision tokens as words, images stretched;
-    # then the alignment of stages 1 and 2 (bench.training.alignment).
     plain: list[CachedCollate] = []  # built once: stages 1 and 2 and the polish stage share the states
 
     def cached_collate() -> CachedCollate:
@@ -360,24 +360,39 @@ def train_tiny_gpt4roi(data_root: Path | None, out_dir: Path, recipe: Recipe = R
             plain.append(CachedCollate(processor, states, sizes))
         return plain[0]
 
-    sets = example_sets(base, examples, [kind for kind, _ in recipe.curriculum])
-    trained, collate, prefix = language_then_alignment(model, processor, examples, data_root, out_dir, recipe,
-                                                       cached_collate, config.patch_grid, llm_prefixes=LLM_PREFIXES,
-                                                       square=False, progress=progress,
-                                                       later=drawn_beyond_mix(sets, stages(recipe)),
-                                                       borrowed_heads=_borrowed_heads(recipe, tokenizer,
-                                                                                      load_tokenizer))
-
-    # A run that has saved a resume point of stages 1 and 2 loads every weight from it (strictly),
-    # so the fit, minutes on the real suite, would be overwritten: skip it there.
-    if prefix and recipe.least_squares_start and not has_resume(out_dir):
-        _least_squares_connector(model, collate, examples, recipe.least_squares_regions, out_dir)
-
     def save(_: torch.nn.Module, directory: Path) -> None:
         model.save_pretrained(out_dir, tokenizer=tokenizer)  # the model alone, without any wrapper
-    # With a polish stage, out_dir's checkpoint is the polished model (written once it is done).
-    train(trained, sets, collate, stages(recipe, prefix), out_dir, seed=recipe.seed,
-          save_model=None if recipe.polish_steps else save, progress=progress)
+
+    if polish_from is None:
+        # Stage 0: the tiny CLIP's stand-in for its pre-training, then frozen for good.
+        def stretched(regions: Any, width: int, height: int) -> Any:
+            return stretched_masks(regions, width, height, config.image_size)
+
+        stage0_tower(model.vision_tower, out_dir, lambda: _initial_tower(model, recipe),
+                     lambda: build_vision_examples(data_root, "train", processor.image, stretched, config.patch_grid),
+                     config.vision_select_layer, VisionRecipe(steps=recipe.vision_steps, lr=recipe.vision_lr,
+                                                              seed=recipe.seed, batch_size=recipe.vision_batch_size,
+                                                              presence_grid=recipe.vision_presence_grid),
+                     progress=progress)
+
+        # Stage L: text only, vision tokens as words, images stretched; then the alignment of
+        # stages 1 and 2 (bench.training.alignment).
+        sets = example_sets(base, examples, [kind for kind, _ in recipe.curriculum])
+        trained, collate, prefix = language_then_alignment(model, processor, examples, data_root, out_dir, recipe,
+                                                           cached_collate, config.patch_grid,
+                                                           llm_prefixes=LLM_PREFIXES, square=False, progress=progress,
+                                                           later=drawn_beyond_mix(sets, stages(recipe)),
+                                                           borrowed_heads=_borrowed_heads(recipe, tokenizer,
+                                                                                          load_tokenizer))
+
+        # A run that has saved a resume point of stages 1 and 2 loads every weight from it (strictly),
+        # so the fit, minutes on the real suite, would be overwritten: skip it there.
+        if prefix and recipe.least_squares_start and not has_resume(out_dir):
+            _least_squares_connector(model, collate, examples, recipe.least_squares_regions, out_dir)
+
+        # With a polish stage, out_dir's checkpoint is the polished model (written once it is done).
+        train(trained, sets, collate, stages(recipe, prefix), out_dir, seed=recipe.seed,
+              save_model=None if recipe.polish_steps else save, progress=progress)
     if recipe.polish_steps:
         polish(model, base, recipe, cached_collate(), POLISH_TRAINED, out_dir, save, progress)
     record_seconds(out_dir, started)

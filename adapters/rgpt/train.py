@@ -41,6 +41,7 @@ from bench.training.conversations import vocabulary_texts
 from bench.training.runs import (
     POLISH_CAPTIONS,
     VISION_DIR,
+    checkpoint_to_polish,
     drawn_beyond_mix,
     example_sets,
     language_then_alignment,
@@ -283,7 +284,8 @@ def train_tiny_rgpt(data_root: Path | None, out_dir: Path, recipe: Recipe = Reci
                                                                                        recipe.seed)
     examples = mix(base, dict(recipe.mix), seed=recipe.seed)
     if polish_from is not None:
-        model, tokenizer = _checkpoint_to_polish(Path(polish_from), out_dir, recipe)
+        model, tokenizer = checkpoint_to_polish(Path(polish_from), out_dir, recipe, RGPTForCausalLM,
+                                                load_tokenizer, "RGPT")
     evaluated_texts, training_only_texts = vocabulary_texts(base)
     tokenizer = run_tokenizer(out_dir, evaluated_texts, build_word_tokenizer, load_tokenizer,
                               extra_texts=training_only_texts)
@@ -326,32 +328,3 @@ def train_tiny_rgpt(data_root: Path | None, out_dir: Path, recipe: Recipe = Reci
         polish(model, base, recipe, cached_collate(), POLISH_TRAINED, out_dir, save, progress)
     record_seconds(out_dir, started)
     return out_dir
-
-
-def _checkpoint_to_polish(checkpoint: Path, out_dir: Path, recipe: Recipe) -> tuple[Any, Any]:
-    """The tiny checkpoint ``polish_from`` names, its tower frozen, and its tokenizer, which becomes
-    the run's (copied into ``out_dir``; a run already holding another is refused)."""
-    import json
-
-    from adapters.rgpt.modeling_rgpt import RGPTForCausalLM
-    from adapters.rgpt.processing_rgpt import load_tokenizer
-
-    if not recipe.polish_steps:
-        raise ConfigError(f"polish from {checkpoint}: give the polish stage steps (--polish-steps N)")
-    files = [checkpoint / name for name in ("config.json", "model.safetensors", "tokenizer.json")]
-    missing = [f.name for f in files if not f.is_file()]
-    if missing:
-        raise ConfigError(f"polish from {checkpoint}: no {', '.join(missing)} there (a tiny RGPT checkpoint "
-                          "directory, as bench train rgpt writes it)")
-    if json.loads(files[0].read_text()).get("size") != "tiny":
-        raise ConfigError(f"polish from {checkpoint}: not a tiny RGPT checkpoint (config.json's size)")
-    tokenizer = load_tokenizer(checkpoint)
-    if (out_dir / "tokenizer.json").is_file():
-        if load_tokenizer(out_dir).get_vocab() != tokenizer.get_vocab():
-            raise ConfigError(f"{out_dir} holds another run's tokenizer than {checkpoint}'s; polish into a new --out")
-    else:
-        tokenizer.save_pretrained(str(out_dir))
-    model = RGPTForCausalLM.from_pretrained(checkpoint)
-    model.vision_tower.requires_grad_(False)
-    model.vision_tower.eval()
-    return model, tokenizer

@@ -359,6 +359,34 @@ def polish(model: nn.Module, conversations: Sequence[Any], recipe: Any, collate:
           save_model=save_model, progress=progress)
 
 
+def checkpoint_to_polish(checkpoint: Path, out_dir: Path, recipe: Any, model_class: Any,
+                         load_tokenizer: Callable[[Path], Any], model_name: str) -> tuple[Any, Any]:
+    """The tiny checkpoint ``checkpoint`` (``--polish-from``) as ``model_class``, its tower frozen, and
+    its tokenizer, which becomes the run's (copied into ``out_dir``; a run already holding another is
+    refused). Why: a polish stage alone on a finished stage 2 costs minutes, where a whole run costs hours,
+    and gives what the run with that polish stage gives (same data, seed and batches)."""
+    if not recipe.polish_steps:
+        raise ConfigError(f"polish from {checkpoint}: give the polish stage steps (--polish-steps N)")
+    files = [checkpoint / name for name in ("config.json", "model.safetensors", "tokenizer.json")]
+    missing = [f.name for f in files if not f.is_file()]
+    if missing:
+        raise ConfigError(f"polish from {checkpoint}: no {', '.join(missing)} there (a tiny {model_name} "
+                          f"checkpoint directory, as bench train {model_name.lower()} writes it)")
+    if json.loads(files[0].read_text()).get("size") != "tiny":
+        raise ConfigError(f"polish from {checkpoint}: not a tiny {model_name} checkpoint (config.json's size)")
+    tokenizer = load_tokenizer(checkpoint)
+    if (out_dir / "tokenizer.json").is_file():
+        if load_tokenizer(out_dir).get_vocab() != tokenizer.get_vocab():
+            raise ConfigError(f"{out_dir} holds another run's tokenizer than {checkpoint}'s; polish into a new --out")
+    else:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        tokenizer.save_pretrained(str(out_dir))
+    model = model_class.from_pretrained(checkpoint)
+    model.vision_tower.requires_grad_(False)
+    model.vision_tower.eval()
+    return model, tokenizer
+
+
 def init_llm_by_words(llm: nn.Module, weights: Path, tokenizer: Any, source_tokenizer: Any) -> int:
     """Start ``llm`` (a LLaMA: ``model.*``, ``lm_head``) from another tiny LLM's ``weights`` whose
     vocabulary is ``source_tokenizer``'s: every transformer weight as is, and the rows of
