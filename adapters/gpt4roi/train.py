@@ -19,8 +19,9 @@ stand-in for it, the LLM after RGPT's text-only stage L (``Recipe.init_llm``, de
 committed ``adapters/rgpt/checkpoints/tiny-base``), its rows matched to GPT4RoI's vocabulary by
 word (:func:`bench.training.runs.init_llm_by_words`), then goes through a stage L of its own
 over its own grid of image tokens. The run closes with RGPT's polish stage
-(:func:`bench.training.runs.polish`). No run of this recipe has reached the issue's minimums yet
-(docs/gpt4roi-training-log.md).
+(:func:`bench.training.runs.polish`). No run of this recipe has reached all the issue's minimums
+yet: the embedded ``checkpoints/tiny`` (run B, without the polish stage) misses refcocog-cap's
+CIDEr (docs/gpt4roi-training-log.md).
 
 Layout of ``out_dir``: ``config.json``, ``model.safetensors``, ``tokenizer.json``,
 ``recipe.json``, ``vision/`` (the tower and its log), ``language/`` (stage L's LLM and heads),
