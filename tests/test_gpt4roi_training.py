@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 
@@ -11,7 +10,6 @@ import torch
 from safetensors.torch import load_file
 
 from bench.synthetic import SuiteParams, generate_suite
-from bench.training.runs import portable_path
 from tests.plugin_utils import run_bench
 
 
@@ -66,7 +64,6 @@ def test_train_then_evaluate_tiny_gpt4roi(small_suite: Path, tmp_path: Path) -> 
 
 def test_stage0_starts_from_another_checkpoints_tower(tmp_path: Path) -> None:
     """init_tower copies vision_tower.* from a checkpoint (the tiny RGPT's by default)."""
-    import torch
     from safetensors.torch import save_file
 
     from adapters.gpt4roi.configuration_gpt4roi import GPT4RoIConfig
@@ -120,7 +117,6 @@ def test_stage0_starts_from_another_checkpoints_tower(tmp_path: Path) -> None:
 def test_the_llm_starts_from_another_vocabularys_llm_row_by_word(tmp_path: Path) -> None:
     """init_llm_by_words: transformer weights copied, embedding and lm_head rows matched by token text,
     rows of words the source never saw left as initialised; another shape is refused."""
-    import torch
     from safetensors.torch import save_file
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -166,34 +162,6 @@ def test_an_init_llm_without_a_stage_l_llm_is_refused_naming_the_fix(tmp_path: P
 
 
 @pytest.mark.slow
-def test_polishing_a_checkpoint_gives_what_the_run_with_a_polish_stage_gives(small_suite: Path,
-                                                                            tmp_path: Path) -> None:
-    """--polish-from: the polish stage alone on a stage-2 checkpoint, same data, seed and batches."""
-    from adapters.gpt4roi.train import Recipe, train_tiny_gpt4roi
-    from bench.errors import ConfigError
-
-    recipe = Recipe(init_tower=None, vision_steps=1, language_steps=1, stage1_steps=1, stage2_steps=2,
-                    batch_size=2, image_size=64, least_squares_regions=8, mix=(("classification", 4), ("pope", 2)),
-                    polish_steps=3, polish_mix=(("caption:refcocog", 4), ("uniqueness", 3)))
-    whole = train_tiny_gpt4roi(small_suite, tmp_path / "whole", recipe, progress=False)
-    unpolished = train_tiny_gpt4roi(small_suite, tmp_path / "stage2", dataclasses.replace(recipe, polish_steps=0),
-                                    progress=False)
-    polished = train_tiny_gpt4roi(small_suite, tmp_path / "polished", recipe, progress=False,
-                                  polish_from=unpolished)
-    expected, got = load_file(str(whole / "model.safetensors")), load_file(str(polished / "model.safetensors"))
-    assert expected.keys() == got.keys() and all(torch.equal(expected[k], got[k]) for k in expected)
-    assert not all(torch.equal(expected[k], v) for k, v in load_file(str(unpolished / "model.safetensors")).items())
-    assert json.loads((polished / "recipe.json").read_text())["polish_from"] == portable_path(str(unpolished))
-    assert not (polished / "vision").exists() and not (polished / "language").exists()  # stages 0 to 2 not run
-    with pytest.raises(ConfigError, match="--polish-steps"):
-        train_tiny_gpt4roi(small_suite, tmp_path / "x", dataclasses.replace(recipe, polish_steps=0),
-                           progress=False, polish_from=unpolished)
-    with pytest.raises(ConfigError, match="no config.json, model.safetensors, tokenizer.json there"):
-        train_tiny_gpt4roi(small_suite, tmp_path / "y", recipe, progress=False,
-                           polish_from=tmp_path / "whole" / "polish")
-
-
-@pytest.mark.slow
 def test_without_a_stage_l_the_alignment_borrows_the_init_llms_heads(small_suite: Path, tmp_path: Path) -> None:
     """Same seed, same data: stage 1's first loss with the borrowed heads is the answer loss plus the
     alignment terms, so it is larger than the loss of the same step without them (--no-borrow-heads)."""
@@ -222,7 +190,6 @@ def test_without_a_stage_l_the_alignment_borrows_the_init_llms_heads(small_suite
 def test_the_heads_are_borrowed_row_by_word(tmp_path: Path) -> None:
     """borrow_heads_by_words: match and index heads copied, word-head rows matched by token text, a word
     the source lacks gets a zero row and the source's lowest bias; another set of heads is refused."""
-    import torch
     from safetensors.torch import save_model
 
     from adapters.gpt4roi.processing_gpt4roi import build_word_tokenizer
