@@ -345,10 +345,10 @@ def train_tiny_gpt4roi(data_root: Path | None, out_dir: Path, recipe: Recipe = R
     if polish_from is None:
         model = GPT4RoIForCausalLM(GPT4RoIConfig.tiny(len(tokenizer), config_token_ids(tokenizer),
                                                       image_size=recipe.image_size, patch_size=recipe.patch_size))
+        if recipe.init_llm is not None:
+            _initial_llm(model, tokenizer, Path(recipe.init_llm), load_tokenizer)
     config = model.config
     processor = GPT4RoIProcessor(tokenizer, config)
-    if recipe.init_llm is not None and polish_from is None:
-        _initial_llm(model, tokenizer, Path(recipe.init_llm), load_tokenizer)
 
     write_recipe(out_dir, recipe, data_root, base, examples,
                  polish_from=str(polish_from) if polish_from is not None else None)

@@ -176,11 +176,6 @@ def train(
 # ------------------------------------------------------------------ stages
 
 
-def has_resume(out_dir: Path) -> bool:
-    """Whether ``out_dir`` holds a resume point of :func:`train` (which then loads every weight from it)."""
-    return (Path(out_dir) / RESUME_DIR / STATE_FILE).is_file()
-
-
 def _check_arguments(sets: Mapping[str, Sequence[Any]], stages: Sequence[Stage], checkpoint_every: int) -> None:
     for stage in stages:
         if stage.data not in sets:
@@ -269,6 +264,11 @@ def _progress_bar(enabled: bool, stage: Stage, first_step: int) -> Any:
 
 
 # ------------------------------------------------------------------ resume
+
+
+def has_resume(out_dir: Path) -> bool:
+    """Whether ``out_dir`` holds a resume point of :func:`train` (which then loads every weight from it)."""
+    return (Path(out_dir) / RESUME_DIR / STATE_FILE).is_file()
 
 
 def _signature(stages: Sequence[Stage], n_examples: dict[str, int], seed: int) -> dict[str, Any]:
