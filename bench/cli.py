@@ -343,6 +343,9 @@ def train_gpt4roi(
         help="Checkpoint whose vision_tower.* starts stage 0 (default: the embedded tiny RGPT); 'none': "
              "train the tower from scratch.")] = None,
     vision_steps: Annotated[Optional[int], typer.Option(help="Stage 0 steps (tower adaptation).")] = None,
+    vision_distractor_weight: Annotated[Optional[float], typer.Option(
+        help="Weight of stage 0's distractor labels: whether another object shares each object's category "
+             "(and colour, size), what a RefCOCOg expression's form depends on (default 0: off).")] = None,
     init_llm: Annotated[Optional[str], typer.Option(
         help="A tiny RGPT run directory whose language/llm.safetensors (its LLM after stage L) starts the LLM, "
              "rows matched by token text (default: the committed adapters/rgpt/checkpoints/tiny-base); "
@@ -400,7 +403,7 @@ def train_gpt4roi(
     overrides: dict[str, Any] = {"seed": seed, "stage1_steps": stage1_steps, "stage2_steps": stage2_steps,
                                  "batch_size": batch_size,
                                  "train_images": train_images, "vision_steps": vision_steps, "image_size": image_size,
-                                 "patch_size": patch_size,
+                                 "patch_size": patch_size, "vision_distractor_weight": vision_distractor_weight,
                                  "language_easy_steps": language_easy_steps, "language_steps": language_steps,
                                  "language_cycles": language_cycles,
                                  "language_word_weight": language_word_weight,

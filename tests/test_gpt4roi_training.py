@@ -84,6 +84,16 @@ def test_stage0_starts_from_another_checkpoints_tower(tmp_path: Path) -> None:
 
     with pytest.raises(ConfigError, match=r"init_tower=.*absent.*--init-tower none"):
         _initial_tower(target, Recipe(init_tower=str(tmp_path / "absent")))
+    # A run directory after stage 0 (vision/tower.safetensors, bare keys) wins over its model.safetensors.
+    (tmp_path / "vision").mkdir()
+    again = GPT4RoIForCausalLM(config)
+    torch.nn.init.normal_(again.vision_tower.embeddings.patch_embedding.weight)
+    save_file({k: v.contiguous() for k, v in again.vision_tower.state_dict().items()},
+              str(tmp_path / "vision" / "tower.safetensors"))
+    _initial_tower(target, Recipe(init_tower=str(tmp_path)))
+    assert all(torch.equal(a, b) for a, b in zip(again.vision_tower.state_dict().values(),
+                                                  target.vision_tower.state_dict().values(), strict=True))
+    (tmp_path / "vision" / "tower.safetensors").unlink()
     # A tower trained at another resolution (RGPT's finishes at 192 px; here 96 px into 128 px) loads
     # with its position table resized and everything else as it is.
     wide = GPT4RoIConfig.tiny(64, word_tokenizer_ids(), image_size=96, llm_hidden=32, llm_layers=1)

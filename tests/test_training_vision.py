@@ -21,6 +21,7 @@ from bench.training.vision import (
     _dense_targets,
     _flipped,
     build_vision_examples,
+    distractor_labels,
     init_sincos_positions,
     presence_loss,
     presence_targets,
@@ -123,6 +124,59 @@ def test_examples_carry_the_suite_labels(suite: Path) -> None:
     assert torch.allclose(example.centre[0], expected, atol=0.08)
 
 
+def test_distractor_labels_by_hand() -> None:
+    # Objects: 0 small red ring, 1 small blue ring, 2 large red ring, 3 small red star, 4 a crowd
+    # of red rings (size -100). Attribute sets: (), colour, size, size + colour.
+    labels = distractor_labels([0, 0, 0, 1, 0], [0, 1, 0, 0, 0], [0, 0, 2, 0, IGNORE])
+    assert labels.tolist() == [
+        [1, 1, 1, 1],  # the other rings; red: ring 2 and the crowd; small: ring 1; small red: the crowd
+        [1, 0, 1, 0],  # the only blue ring
+        [1, 1, 1, 1],  # the crowd matches "large" and "large red" (a crowd matches any size)
+        [0, 0, 0, 0],  # the only star
+        [IGNORE] * 4,  # a crowd is never a target
+    ]
+    assert distractor_labels([0, 0, 1], [0, 1, 0], [0, 0, 0]).tolist() == [[1, 0, 1, 0], [1, 0, 1, 0],
+                                                                          [0, 0, 0, 0]]
+
+
+def test_distractor_labels_give_each_suite_expression_its_form(suite: Path) -> None:
+    """The labels agree with the suite's own RefCOCOg refs: a plain expression uses the first
+    attribute set with no distractor, a relational one appears only where every set has one."""
+    from bench.data.coco import load_coco_instances
+    from bench.data.layout import dataset_path
+    from bench.data.refcocog import load_refcocog
+    from bench.synthetic.expressions import ATTRIBUTE_SETS
+    from bench.synthetic.vocab import RELATION_PHRASES, SIZE_WORDS
+
+    examples, _ = _examples(suite)
+    instances = load_coco_instances(dataset_path(suite, "coco_instances", split="train"), key="coco_instances")
+    image_ids = sorted({a.image_id for a in instances.annotations})
+    by_annotation = {}
+    for example, image_id in zip(examples, image_ids, strict=True):
+        annotations = [a for a in instances.annotations if a.image_id == image_id]
+        by_annotation.update((a.id, (example, i)) for i, a in enumerate(annotations))
+    refs = load_refcocog(dataset_path(suite, "refcocog_refs"), dataset_path(suite, "refcocog_instances")).split(
+        "train")
+    relation_words = {phrase for phrases in RELATION_PHRASES.values() for phrase in phrases}
+    forms = set()
+    for ref in refs:
+        example, index = by_annotation[ref.ann_id]
+        labels = example.distractors[index].tolist()
+        sentence = f" {ref.expressions[0].text} "
+        if any(f" {phrase} " in sentence for phrase in relation_words):
+            assert labels == [1] * len(ATTRIBUTE_SETS), (ref.ref_id, sentence)
+            forms.add("relation")
+            continue
+        colour = COLOUR_NAMES[int(example.colour[index])]
+        size = SIZE_NAMES[int(example.size[index])]
+        used = tuple(name for name, words in (("size", SIZE_WORDS[size]), ("colour", (colour,)))
+                     if any(f" {word} " in sentence for word in words))
+        form = ATTRIBUTE_SETS.index(used)
+        assert labels[:form] == [1] * form and labels[form] == 0, (ref.ref_id, sentence, labels)
+        forms.add(used)
+    assert len(forms) >= 3  # the test saw several forms, not one
+
+
 def test_flip_mirrors_pixels_masks_targets_and_centre(suite: Path) -> None:
     example = _examples(suite)[0][0]
     flipped = _flipped(example)
@@ -135,7 +189,7 @@ def test_flip_mirrors_pixels_masks_targets_and_centre(suite: Path) -> None:
 
 def test_pretraining_is_deterministic_lowers_the_loss_and_freezes_the_tower(suite: Path, tmp_path: Path) -> None:
     examples, names = _examples(suite)
-    recipe = VisionRecipe(steps=25, batch_size=4, lr=3e-3, warmup_steps=2, presence_grid=2)
+    recipe = VisionRecipe(steps=25, batch_size=4, lr=3e-3, warmup_steps=2, presence_grid=2, distractor_weight=1.0)
     towers = [_tower(), _tower()]
     logs = [pretrain_vision_tower(t, examples, len(names), -2, recipe, progress=False,
                                   log_path=tmp_path / f"log{i}.json") for i, t in enumerate(towers)]
@@ -146,6 +200,7 @@ def test_pretraining_is_deterministic_lowers_the_loss_and_freezes_the_tower(suit
     assert last < first
     assert not any(p.requires_grad for p in towers[0].parameters()) and not towers[0].training
     assert json.loads((tmp_path / "log0.json").read_text())["recipe"]["steps"] == 25
+    assert 0 <= logs[0][-1]["distractor_acc"] <= 1
 
 
 def test_needs_the_suite_metadata(suite: Path, tmp_path: Path) -> None:

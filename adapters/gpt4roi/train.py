@@ -50,6 +50,8 @@ from bench.training.runs import (
     LANGUAGE_DIR,
     LLM_FILE,
     POLISH_CAPTIONS,
+    TOWER_FILE,
+    VISION_DIR,
     borrow_heads_by_words,
     checkpoint_to_polish,
     drawn_beyond_mix,
@@ -103,6 +105,10 @@ class Recipe:
     # Stage 0 also learns which categories each cell of the grid pooled to this side shows, as the
     # tiny RGPT's does (what POPE asks of the image tokens); 0: off.
     vision_presence_grid: int = 4
+    # > 0: stage 0 also learns, at this weight, whether another object of the image shares each
+    # object's category (and colour, size), what a RefCOCOg expression's form depends on
+    # (bench.training.vision.distractor_labels); 0: off.
+    vision_distractor_weight: float = 0.0
     # A checkpoint directory whose language/llm.safetensors (and tokenizer.json) starts the LLM
     # (bench.training.runs.init_llm_by_words); None: a random LLM, as before stage L.
     init_llm: str | None = str(RGPT_TINY_LANGUAGE)
@@ -217,14 +223,18 @@ def _initial_tower(model: Any, recipe: Recipe) -> None:
         init_sincos_positions(model.vision_tower)
         return
     path = Path(recipe.init_tower)
-    weights = path / "model.safetensors" if path.is_dir() else path
+    # A run directory after stage 0 (such as checkpoints/tiny-base) holds the bare tower.
+    stage0 = path / VISION_DIR / TOWER_FILE
+    weights = (stage0 if stage0.is_file() else path / "model.safetensors") if path.is_dir() else path
     if not weights.is_file():
         raise ConfigError(f"init_tower={recipe.init_tower}: no {weights} (point --init-tower at a tiny RGPT "
-                          "checkpoint such as adapters/rgpt/checkpoints/tiny, or set --init-tower none to train "
+                          "checkpoint such as adapters/rgpt/checkpoints/tiny, or a run directory after stage 0 "
+                          "such as adapters/gpt4roi/checkpoints/tiny-base, or set --init-tower none to train "
                           "the tower from scratch)")
     with safe_open(str(weights), framework="pt") as handle:
-        state = {k.removeprefix("vision_tower."): handle.get_tensor(k) for k in handle.keys()  # noqa: SIM118
-                 if k.startswith("vision_tower.")}
+        prefix = "" if weights == stage0 else "vision_tower."
+        state = {k.removeprefix(prefix): handle.get_tensor(k) for k in handle.keys()  # noqa: SIM118
+                 if k.startswith(prefix)}
     # RGPT's tower may run at another resolution and patch side than GPT4RoI's: its position table
     # and its patch embedding are resized.
     state = resize_patch_embedding(state, int(model.config.vision_config.patch_size))
@@ -373,7 +383,8 @@ def train_tiny_gpt4roi(data_root: Path | None, out_dir: Path, recipe: Recipe = R
                      lambda: build_vision_examples(data_root, "train", processor.image, stretched, config.patch_grid),
                      config.vision_select_layer, VisionRecipe(steps=recipe.vision_steps, lr=recipe.vision_lr,
                                                               seed=recipe.seed, batch_size=recipe.vision_batch_size,
-                                                              presence_grid=recipe.vision_presence_grid),
+                                                              presence_grid=recipe.vision_presence_grid,
+                                                              distractor_weight=recipe.vision_distractor_weight),
                      progress=progress)
 
         # Stage L: text only, vision tokens as words, images stretched; then the alignment of

@@ -11,7 +11,14 @@ known to carry, at the hidden layer the model reads (``select_layer``):
 * per patch (dense, soft targets = the share of the patch each object covers):
   which category, which colour and which size class covers it, or background;
 * per object (its visible mask area-pooled over the patch grid, as Mask Pooling
-  does downstream): category, colour, size class and the centre of its mask.
+  does downstream): category, colour, size class and the centre of its mask;
+* optionally (``distractor_weight``), per object, whether another object of the
+  image matches its category, its category and colour, its category and size,
+  and all three: what a referring expression's shortest unique wording depends on
+  (:mod:`bench.synthetic.expressions`). A region feature pooled from the
+  object's own patches carries no such fact unless the tower puts it there,
+  and the tiny GPT4RoI's answers showed it missing: the form of its RefCOCOg
+  answers did not depend on the other objects (docs/gpt4roi-training-log.md).
 
 The tower is then frozen, exactly as the papers freeze CLIP, and the model's
 stages 1 and 2 run unchanged. The full-size models never use this: they load
@@ -39,6 +46,7 @@ from bench.data.coco import load_coco_instances
 from bench.data.layout import dataset_path
 from bench.errors import DataError
 from bench.regions import Region
+from bench.synthetic.expressions import ATTRIBUTE_SETS, Description
 from bench.synthetic.vocab import COLOUR_NAMES, SIZE_NAMES
 
 IGNORE = -100
@@ -58,6 +66,9 @@ class VisionRecipe:
     # > 0: also train category presence per cell of the patch grid average-pooled to this side
     # (RGPT's image tokens), and per image (max over cells). 0: off.
     presence_grid: int = 0
+    # > 0: also train, at this weight, whether another object matches each object's description
+    # under each of ATTRIBUTE_SETS (VisionExample.distractors). 0: off.
+    distractor_weight: float = 0.0
 
 
 @dataclass
@@ -68,6 +79,9 @@ class VisionExample:
     ``category`` / ``colour`` / ``size`` [n]: class indices (``size`` is -100 for crowds);
     ``centre`` [n, 2]: the mask's centroid as fractions of the input side (x, y).
     ``dense``: per label kind, the soft per-patch targets [g, g, classes + 1] (background last).
+    ``distractors`` [n, len(ATTRIBUTE_SETS)]: 1 where another object of the image matches object
+    ``i``'s category plus that set's attributes (:class:`Description`'s rule: a crowd matches any
+    size), else 0; -100 for a crowd, which is never a referring expression's target.
     """
 
     pixels: torch.Tensor
@@ -77,6 +91,37 @@ class VisionExample:
     size: torch.Tensor
     centre: torch.Tensor
     dense: dict[str, torch.Tensor]
+    distractors: torch.Tensor | None = None
+
+
+def distractor_labels(category: Sequence[int], colour: Sequence[int], size: Sequence[int]) -> torch.Tensor:
+    """[n, len(ATTRIBUTE_SETS)] distractor labels of one image's objects (see :class:`VisionExample`);
+    ``size`` is -100 for a crowd."""
+    def description(i: int, attributes: tuple[str, ...]) -> Description:
+        return Description(str(category[i]), str(colour[i]) if "colour" in attributes else None,
+                           str(size[i]) if "size" in attributes and size[i] != IGNORE else None)
+
+    def matches(words: Description, j: int) -> bool:
+        return words.matches(_Item(str(category[j]), str(colour[j]), None if size[j] == IGNORE else str(size[j])))
+
+    n = len(category)
+    labels = torch.full((n, len(ATTRIBUTE_SETS)), float(IGNORE))
+    for i in range(n):
+        if size[i] == IGNORE:
+            continue
+        for k, attributes in enumerate(ATTRIBUTE_SETS):
+            words = description(i, attributes)
+            labels[i, k] = float(any(matches(words, j) for j in range(n) if j != i))
+    return labels
+
+
+@dataclass(frozen=True)
+class _Item:
+    """What :meth:`Description.matches` reads of an object."""
+
+    category: str
+    colour: str
+    size: str | None
 
 
 def build_vision_examples(
@@ -128,14 +173,15 @@ def build_vision_examples(
                  for name, values, classes in (("category", category, len(categories)),
                                                ("colour", colour, len(COLOUR_NAMES)),
                                                ("size", dense_size, len(SIZE_NAMES)))}
-        examples.append(VisionExample(pixels(image), coverage, category, colour, size, centre, dense))
+        distractors = distractor_labels(category.tolist(), colour.tolist(), size.tolist())
+        examples.append(VisionExample(pixels(image), coverage, category, colour, size, centre, dense, distractors))
     return examples, [c.name for c in categories]
 
 
 class VisionProbe(nn.Module):
     """The throw-away heads of the pre-training (dense: +1 background class each)."""
 
-    def __init__(self, channels: int, n_categories: int) -> None:
+    def __init__(self, channels: int, n_categories: int, distractors: bool = False) -> None:
         super().__init__()
         self.dense_category = nn.Linear(channels, n_categories + 1)
         self.dense_colour = nn.Linear(channels, len(COLOUR_NAMES) + 1)
@@ -146,6 +192,8 @@ class VisionProbe(nn.Module):
         self.centre = nn.Linear(channels, 2)
         # Created last, so the heads above start as they did before it existed (same seed, same draws).
         self.cell_category = nn.Linear(channels, n_categories)
+        if distractors:  # likewise after it, and only when trained
+            self.distractors = nn.Linear(channels, len(ATTRIBUTE_SETS))
 
 
 def init_sincos_positions(tower: nn.Module) -> None:
@@ -266,7 +314,8 @@ def presence_loss(features: torch.Tensor, batch: Sequence[VisionExample], probe:
 
 
 def vision_loss(features: torch.Tensor, batch: Sequence[VisionExample], probe: VisionProbe,
-                n_categories: int, presence_grid: int = 0) -> tuple[torch.Tensor, dict[str, float]]:
+                n_categories: int, presence_grid: int = 0,
+                distractor_weight: float = 0.0) -> tuple[torch.Tensor, dict[str, float]]:
     """The pre-training loss of a batch from its patch features [B, g*g, C]; also per-part accuracies."""
     dense_logits = {"category": probe.dense_category(features), "colour": probe.dense_colour(features),
                     "size": probe.dense_size(features)}
@@ -292,6 +341,12 @@ def vision_loss(features: torch.Tensor, batch: Sequence[VisionExample], probe: V
     centre_error = probe.centre(regions) - centre
     loss = loss + 10.0 * centre_error.pow(2).mean()
     stats["centre_mae"] = float(centre_error.detach().abs().mean())
+    if distractor_weight:
+        target = torch.cat([e.distractors for e in batch]).to(features.device)
+        logits = probe.distractors(regions)
+        valid = target != IGNORE
+        loss = loss + distractor_weight * F.binary_cross_entropy_with_logits(logits[valid], target[valid])
+        stats["distractor_acc"] = float(((logits[valid] > 0).float() == target[valid]).float().mean())
     if presence_grid:
         extra, presence_stats = presence_loss(features, batch, probe, n_categories, presence_grid)
         loss = loss + extra
@@ -303,7 +358,8 @@ def _flipped(example: VisionExample) -> VisionExample:
     centre = example.centre.clone()
     centre[:, 0] = 1 - centre[:, 0]
     return VisionExample(example.pixels.flip(-1), example.coverage.flip(-1), example.category, example.colour,
-                         example.size, centre, {k: v.flip(1) for k, v in example.dense.items()})
+                         example.size, centre, {k: v.flip(1) for k, v in example.dense.items()},
+                         example.distractors)
 
 
 def pretrain_vision_tower(
@@ -326,7 +382,9 @@ def pretrain_vision_tower(
     device = next(tower.parameters()).device
     with torch.no_grad():
         probe_channels = patch_features(tower, examples[0].pixels[None].to(device), select_layer).shape[-1]
-    probe = VisionProbe(probe_channels, n_categories).to(device)
+    if recipe.distractor_weight and any(e.distractors is None for e in examples):
+        raise ValueError("distractor_weight > 0 needs every example's distractors (build_vision_examples)")
+    probe = VisionProbe(probe_channels, n_categories, distractors=bool(recipe.distractor_weight)).to(device)
     tower.requires_grad_(True)
     tower.train()
     params = [*tower.parameters(), *probe.parameters()]
@@ -349,7 +407,7 @@ def pretrain_vision_tower(
         batch = [_flipped(examples[i]) if flip else examples[i] for i, flip in zip(picked, flips.tolist(), strict=True)]
         pixels = torch.stack([e.pixels for e in batch]).to(device)
         loss, stats = vision_loss(patch_features(tower, pixels, select_layer), batch, probe, n_categories,
-                                  recipe.presence_grid)
+                                  recipe.presence_grid, recipe.distractor_weight)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -410,6 +468,7 @@ def _lr(recipe: VisionRecipe, step: int) -> float:
     return recipe.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
-__all__ = ["VisionExample", "VisionProbe", "VisionRecipe", "build_vision_examples", "init_sincos_positions",
+__all__ = ["VisionExample", "VisionProbe", "VisionRecipe", "build_vision_examples", "distractor_labels",
+           "init_sincos_positions",
            "pretrain_vision_tower",
            "probe_accuracy", "vision_loss"]
