@@ -94,34 +94,30 @@ class VisionExample:
     distractors: torch.Tensor | None = None
 
 
-def distractor_labels(category: Sequence[int], colour: Sequence[int], size: Sequence[int]) -> torch.Tensor:
-    """[n, len(ATTRIBUTE_SETS)] distractor labels of one image's objects (see :class:`VisionExample`);
-    ``size`` is -100 for a crowd."""
-    def description(i: int, attributes: tuple[str, ...]) -> Description:
-        return Description(str(category[i]), str(colour[i]) if "colour" in attributes else None,
-                           str(size[i]) if "size" in attributes and size[i] != IGNORE else None)
-
-    def matches(words: Description, j: int) -> bool:
-        return words.matches(_Item(str(category[j]), str(colour[j]), None if size[j] == IGNORE else str(size[j])))
-
-    n = len(category)
-    labels = torch.full((n, len(ATTRIBUTE_SETS)), float(IGNORE))
-    for i in range(n):
-        if size[i] == IGNORE:
-            continue
-        for k, attributes in enumerate(ATTRIBUTE_SETS):
-            words = description(i, attributes)
-            labels[i, k] = float(any(matches(words, j) for j in range(n) if j != i))
-    return labels
-
-
 @dataclass(frozen=True)
 class _Item:
-    """What :meth:`Description.matches` reads of an object."""
+    """What :meth:`Description.matches` reads of an object (index strings stand in for the words)."""
 
     category: str
     colour: str
-    size: str | None
+    size: str | None  # None for a crowd
+
+
+def distractor_labels(category: Sequence[int], colour: Sequence[int], size: Sequence[int]) -> torch.Tensor:
+    """[n, len(ATTRIBUTE_SETS)] distractor labels of one image's objects (see :class:`VisionExample`);
+    ``size`` is -100 for a crowd. The matching rule is the suite's own (:meth:`Description.matches`)."""
+    items = [_Item(str(c), str(o), None if z == IGNORE else str(z)) for c, o, z in zip(category, colour, size,
+                                                                                        strict=True)]
+    labels = torch.full((len(items), len(ATTRIBUTE_SETS)), float(IGNORE))
+    for i, target in enumerate(items):
+        if target.size is None:
+            continue
+        others = items[:i] + items[i + 1:]
+        for k, attributes in enumerate(ATTRIBUTE_SETS):
+            words = Description(target.category, target.colour if "colour" in attributes else None,
+                                target.size if "size" in attributes else None)
+            labels[i, k] = float(any(words.matches(other) for other in others))
+    return labels
 
 
 def build_vision_examples(
