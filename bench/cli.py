@@ -202,6 +202,13 @@ def _polish_mix(text: str | None) -> tuple[tuple[str, int], ...] | None:
     return _parsed(text, parse_mix, "--polish-mix")
 
 
+def _mix(text: str | None) -> tuple[tuple[str, int], ...] | None:
+    """``--mix`` parsed (None: the recipe's default)."""
+    from bench.training.runs import parse_mix
+
+    return _parsed(text, parse_mix, "--mix")
+
+
 # Options both tiny-model train commands share (stage L and the alignment of stages 1 and 2).
 LanguageEasySteps = Annotated[Optional[int], typer.Option(
     help="Stage L opening steps (text only: REC cut to 2 candidates, classification, POPE).")]
@@ -234,6 +241,9 @@ ContrastTemperature = Annotated[Optional[float], typer.Option(
     help="Temperature of that contrast, relative to the word means' mean squared norm.")]
 ImageAlignShare = Annotated[Optional[float], typer.Option(
     help="Weight of the image tokens' alignment and contrast terms beside the region tokens' (1).")]
+Mix = Annotated[Optional[str], typer.Option(
+    help="Conversations of stage L and stage 2 per kind: KIND=COUNT or KIND:DATASET=COUNT, comma-separated "
+         "(default: Recipe.mix; the kinds: classification, caption, relation, rec, pope, uniqueness).")]
 PolishSteps = Annotated[Optional[int], typer.Option(
     help="Steps of the closing polish stage (stage 2's parameters at --polish-lr, RefCOCOg's captions "
          "weighted up; default: Recipe.polish_steps; 0: none). On a finished run, it trains on from it.")]
@@ -291,6 +301,7 @@ def train_rgpt(
     polish_steps: PolishSteps = None,
     polish_lr: PolishLr = None,
     polish_from: PolishFrom = None,
+    mix: Mix = None,
     polish_mix: PolishMix = None,
     polish_captions: PolishCaptions = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Conversations per step.")] = None,
@@ -306,7 +317,7 @@ def train_rgpt(
 
     overrides = {"seed": seed, "stage1_steps": stage1_steps, "stage2_steps": stage2_steps,
                  "polish_steps": polish_steps, "polish_lr": polish_lr, "polish_mix": _polish_mix(polish_mix),
-                 "polish_captions": _polish_captions(polish_captions),
+                 "mix": _mix(mix), "polish_captions": _polish_captions(polish_captions),
                  "batch_size": batch_size, "image_size": image_size,
                  "train_images": train_images, "vision_steps": vision_steps,
                  "vision_finish_steps": vision_finish_steps,
@@ -384,6 +395,7 @@ def train_gpt4roi(
     stage2_steps: Annotated[Optional[int], typer.Option(help="Stage 2 steps on the full mix (+ LLM).")] = None,
     polish_steps: PolishSteps = None,
     polish_lr: PolishLr = None,
+    mix: Mix = None,
     polish_mix: PolishMix = None,
     polish_captions: PolishCaptions = None,
     polish_from: PolishFrom = None,
@@ -415,7 +427,7 @@ def train_gpt4roi(
                                  "image_align_share": image_align_share,
                                  "curriculum": _curriculum(curriculum),
                                  "polish_steps": polish_steps, "polish_lr": polish_lr,
-                                 "polish_mix": _polish_mix(polish_mix),
+                                 "polish_mix": _polish_mix(polish_mix), "mix": _mix(mix),
                                  "polish_captions": _polish_captions(polish_captions),
                                  "stage1_lr": stage1_lr, "stage2_lr": stage2_lr, "borrow_heads": borrow_heads,
                                  "least_squares_start": least_squares_start,

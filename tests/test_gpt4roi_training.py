@@ -25,6 +25,7 @@ def test_train_then_evaluate_tiny_gpt4roi(small_suite: Path, tmp_path: Path) -> 
             "--vision-steps", "2", "--language-steps", "2", "--stage1-steps", "2", "--curriculum",
             "classification=1", "--stage2-steps", "2", "--polish-steps", "2", "--stage1-lr", "3e-4",
             "--batch-size", "4", "--least-squares-regions", "8",
+            "--mix", "classification=6,caption=6,rec=4,pope=4,uniqueness=4",
             "--image-size", "64", "--no-progress"]
     trained = run_bench(*args)
     assert trained.returncode == 0, trained.stderr
@@ -35,6 +36,7 @@ def test_train_then_evaluate_tiny_gpt4roi(small_suite: Path, tmp_path: Path) -> 
     assert [(r["stage"], r["step"]) for r in polish_log] == [("polish", 1), ("polish", 2)]
     recipe = json.loads((out / "recipe.json").read_text())["recipe"]
     assert recipe["init_llm"].endswith("tiny-base") and recipe["stage1_lr"] == 3e-4
+    assert recipe["mix"] == [["classification", 6], ["caption", 6], ["rec", 4], ["pope", 4], ["uniqueness", 4]]
     weights = load_file(str(out / "model.safetensors"))
     tower = load_file(str(out / "vision" / "tower.safetensors"))
     assert all((weights[f"vision_tower.{k}"] == v).all() for k, v in tower.items())  # frozen after stage 0

@@ -86,6 +86,10 @@ def test_train_then_evaluate_tiny_rgpt(small_suite: Path, tmp_path: Path) -> Non
     wrong = run_bench("train", "rgpt", "--out", str(tmp_path / "never"), "--polish-mix", "captions=3")
     message = " ".join(wrong.stderr.replace("│", " ").split())
     assert wrong.returncode != 0 and "mix entry 'captions=3'" in message and not (tmp_path / "never").exists()
+    wrong = run_bench("train", "rgpt", "--out", str(tmp_path / "never"), "--mix", "pope=4,rec")
+    message = " ".join(wrong.stderr.replace("│", " ").split())
+    assert wrong.returncode != 0 and "--mix" in message and "mix entry 'rec'" in message
+    assert not (tmp_path / "never").exists()
     wrong = run_bench("train", "rgpt", "--out", str(tmp_path / "never"), "--polish-captions", "shortest")
     message = " ".join(wrong.stderr.replace("│", " ").split())
     assert wrong.returncode != 0 and "'shortest': expected one of all, longest" in message
