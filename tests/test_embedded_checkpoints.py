@@ -54,7 +54,9 @@ def test_the_checkpoint_is_embedded_as_safetensors(model: str) -> None:
 def run_dir(model: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp(f"embedded-{model}")
     result = run_bench("run", "--model", model, "--task", "coco-cls,pope-adversarial,refcocog-rec,"
-                       + ",".join(CAPTION_TASKS), "--output", str(out), "--batch-size", "16", "--no-progress")
+                       + ",".join(CAPTION_TASKS), "--output", str(out), "--batch-size", "16", "--no-progress",
+                       # about a minute on an idle 2-core machine; 300 s ran out beside a training run
+                       timeout=1200)
     assert result.returncode == 0, result.stderr
     assert f"using the embedded tiny {EMBEDDED[model][1]} checkpoint" in result.stderr  # the one-line notice
     return out
