@@ -62,7 +62,8 @@ def test_the_base_fits_the_default_recipe(model: str) -> None:
     built = MODELS[model][0](tokenizer, recipe)
     built.vision_tower.load_state_dict(load_file(str(base / "vision" / "tower.safetensors")))  # strict
     load_model(built.llm, str(base / "language" / "llm.safetensors"))  # strict
-    heads = AuxiliaryHeads(built.config.text_config.hidden_size, vocab_size=len(tokenizer))
+    heads = AuxiliaryHeads(built.config.text_config.hidden_size, vocab_size=len(tokenizer),
+                           descriptions=bool(recipe.language_description_weight))
     heads.load_state_dict(load_file(str(base / "language" / "heads.safetensors")))
     saved = {**ADDED_SINCE, **json.loads((base / "recipe.json").read_text())["recipe"]}
     defaults = dataclasses.asdict(recipe)

@@ -20,15 +20,16 @@ committed ``adapters/rgpt/checkpoints/tiny-base``), its rows matched to GPT4RoI'
 word (:func:`bench.training.runs.init_llm_by_words`), then goes through a stage L of its own
 over its own grid of image tokens. The run closes with RGPT's polish stage
 (:func:`bench.training.runs.polish`). No run of this recipe has reached all the issue's minimums
-yet: the embedded ``checkpoints/tiny`` (run B, without the polish stage) misses refcocog-cap's
+yet: the embedded ``checkpoints/tiny`` (run L5, without the polish stage) misses refcocog-cap's
 CIDEr (docs/gpt4roi-training-log.md).
 
 Layout of ``out_dir``: ``config.json``, ``model.safetensors``, ``tokenizer.json``,
 ``recipe.json``, ``vision/`` (the tower and its log), ``language/`` (stage L's LLM and heads),
 ``log.json``, ``resume/``, ``polish/``. Re-running the same call resumes. A directory holding a
 finished stage 0 and stage L (``vision/``, ``language/``, the tokenizer) as ``out_dir`` starts at
-stage 1: ``adapters/gpt4roi/checkpoints/tiny-base`` is the default recipe's, committed (run B of
-the training log; tests/test_tiny_bases.py checks it).
+stage 1: ``adapters/gpt4roi/checkpoints/tiny-base`` is the default recipe's, committed (run L5 of
+the training log, whose stage L followed two others, B's and L4's: its recipe.json's ``lineage``;
+tests/test_tiny_bases.py checks it).
 """
 
 from __future__ import annotations
@@ -129,8 +130,12 @@ class Recipe:
     language_lr: float = 1e-3
     language_word_weight: float = 1.0
     language_box_marker: bool = False  # GPT4RoI reads boxes only: a marker on every region tells nothing
-    language_cell_detail: str = "category"
-    language_description_weight: float = 0.0
+    # Size, colour and category in every cell, and the description head (each region's shortest
+    # description among its image's objects): with them and the uniqueness questions in the mix,
+    # stage L learns which form a RefCOCOg reference takes (runs L4, L5 of the training log: the
+    # right form for 140 of 156 refs, text only, against 57 with categories only).
+    language_cell_detail: str = "all"
+    language_description_weight: float = 1.0
     align_weight: float = 1.0
     vision_aux_weight: float = 1.0
     contrast_weight: float = 0.1
@@ -149,8 +154,11 @@ class Recipe:
     stage1_lr: float = 1e-3
     stage2_lr: float = 3e-4
     warmup_steps: int = 100
+    # The conversations of stage L and stage 2 per kind; the uniqueness questions ("Is <region1> the
+    # only ring in the image?") ask what a RefCOCOg reference's form rests on (runs L4, L5).
     mix: tuple[tuple[str, int], ...] = (
         ("classification", 12000), ("caption", 24000), ("relation", 6000), ("rec", 20000), ("pope", 24000),
+        ("uniqueness", 16000),
     )
     # The closing polish stage, as the tiny RGPT's (adapters.rgpt.train.Recipe says why).
     polish_steps: int = 1000
