@@ -19,9 +19,9 @@ stand-in for it, the LLM after RGPT's text-only stage L (``Recipe.init_llm``, de
 committed ``adapters/rgpt/checkpoints/tiny-base``), its rows matched to GPT4RoI's vocabulary by
 word (:func:`bench.training.runs.init_llm_by_words`), then goes through a stage L of its own
 over its own grid of image tokens. The run closes with RGPT's polish stage
-(:func:`bench.training.runs.polish`). No run of this recipe has reached all the issue's minimums
-yet: the embedded ``checkpoints/tiny`` (run L5, without the polish stage) misses refcocog-cap's
-CIDEr (docs/gpt4roi-training-log.md).
+(:func:`bench.training.runs.polish`). The embedded ``checkpoints/tiny`` (run L5's stages 1
+and 2, then this polish stage: run P5 of docs/gpt4roi-training-log.md) reaches every minimum of the
+issue; the polish stage is what takes refcocog-cap's CIDEr past its own.
 
 Layout of ``out_dir``: ``config.json``, ``model.safetensors``, ``tokenizer.json``,
 ``recipe.json``, ``vision/`` (the tower and its log), ``language/`` (stage L's LLM and heads),
