@@ -145,6 +145,20 @@ def score(
         typer.echo(f"saved {output}")
 
 
+@app.command()
+@user_errors
+def leaderboard(
+    paths: Annotated[list[Path], typer.Argument(help="results.json files, run directories, or folders of them.")],
+    out: Annotated[Path, typer.Option(help="Where the tables go (the committed ones: leaderboards/).")] = Path(
+        "leaderboards"),
+) -> None:
+    """Aggregate results.json files into the papers' tables (Markdown, CSV, one HTML page); never re-runs a model."""
+    from bench.leaderboard import write_leaderboards
+
+    for path in write_leaderboards(paths, out):
+        typer.echo(f"wrote {path}")
+
+
 @app.command("inspect")
 @user_errors
 def inspect_(

@@ -51,6 +51,25 @@ def resolve_data_root(data_root: Path | None) -> Path:
     return default_suite_dir()
 
 
+def data_files(tasks: list[Any], data_root: Path) -> dict[str, dict[str, dict[str, str]]]:
+    """Per task run name, each annotation file it read: its path (relative to the data root when
+    inside it) and SHA-256. Why: a leaderboard must not rank runs on different data together, and a
+    path alone does not say the file under it is the same."""
+    from bench.data.files import sha256_file
+
+    hashed: dict[Path, str] = {}
+    out: dict[str, dict[str, dict[str, str]]] = {}
+    for task in tasks:
+        files = {}
+        for key, path in task.annotation_files().items():
+            if path not in hashed:
+                hashed[path] = sha256_file(path)
+            shown = path.relative_to(data_root) if path.is_relative_to(data_root) else path
+            files[key] = {"path": str(shown), "sha256": hashed[path]}
+        out[task.run_name] = files
+    return out
+
+
 def run_evaluation(config: RunConfig) -> RunReport:
     """Run ``config.model`` on every task of ``config.tasks`` and save everything under ``config.output``."""
     if config.limit is not None and config.limit <= 0:
@@ -96,6 +115,7 @@ def run_evaluation(config: RunConfig) -> RunReport:
             "device": config.device,
             "data_root": str(data_root),
             "synthetic_suite": config.data_root is None,
+            "data_files": data_files(tasks, data_root),
         },
         "versions": versions({task.run_name: task.version for task in tasks}),
         "failures": {

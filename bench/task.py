@@ -43,6 +43,9 @@ class Task(ABC):
     # Dataset splits the task can evaluate (``--split``); empty when it has one fixed split.
     splits: ClassVar[tuple[str, ...]] = ()
     default_split: ClassVar[str | None] = None
+    # The ``paths.json`` keys of the annotation files the task reads (not image folders): their
+    # checksums go into results.json, so a leaderboard can tell runs on different data apart.
+    annotation_keys: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, data_root: Path, split: str | None = None) -> None:
         self.data_root = data_root
@@ -63,6 +66,14 @@ class Task(ABC):
         if self.split is None or self.split == self.default_split:
             return self.name
         return f"{self.name}@{self.split}"
+
+    def annotation_files(self) -> dict[str, Path]:
+        """The annotation files this task reads on its split, by ``paths.json`` key (those that exist:
+        an optional file such as VG's split list may be absent)."""
+        from bench.data.layout import dataset_path
+
+        found = {key: dataset_path(self.data_root, key, split=str(self.split)) for key in self.annotation_keys}
+        return {key: path for key, path in found.items() if path.is_file()}
 
     @abstractmethod
     def load_samples(self) -> list[Sample]:

@@ -87,6 +87,7 @@ class RefCocogCaptioning(CaptionTask):
     name = "refcocog-cap"
     description = "RefCOCOg (umd) region captioning, all expressions as references (METEOR, CIDEr, BLEU-4, ROUGE-L)"
     version = "2"  # 2: its own prompt (REFCOCOG_PROMPT), asking for a referring expression
+    annotation_keys = ("refcocog_refs", "refcocog_instances")
     splits = ("val", "test")
     default_split = "val"
 
@@ -126,6 +127,7 @@ class VisualGenomeCaptioning(CaptionTask):
     description = "Visual Genome region captioning (GRiT test split), one phrase per region (METEOR, CIDEr, ...)"
     splits = ("test", "val", "train")
     default_split = "test"
+    annotation_keys = ("vg_regions", "vg_split", "vg_image_data")
 
     def __init__(self, data_root: Path, split: str | None = None, *,
                  max_regions_per_image: int | None = None) -> None:

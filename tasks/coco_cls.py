@@ -94,6 +94,7 @@ class CocoClassification(Task):
     )
     splits = ("val", "train")
     default_split = "val"
+    annotation_keys = ("coco_instances",)
 
     # ------------------------------------------------------------------ loading
 

@@ -30,6 +30,7 @@ class PopeTask(Task):
 
     version = "1"
     metrics = ("f1", "accuracy", "precision", "recall", "yes_ratio")
+    annotation_keys = ("pope_questions",)
     max_new_tokens = 32
 
     def load_samples(self) -> list[Sample]:

@@ -125,6 +125,7 @@ class RefCOCOgREC(Task):
     description = "RefCOCOg REC with detector proposals: answer 'Region [k]' (accuracy at IoU 0.5)"
     version = "2"  # 2: candidates labelled "Region [k]" in the prompt
     metrics = ("accuracy", "unparseable", "gt_added")
+    annotation_keys = ("refcocog_refs", "refcocog_instances", "refcocog_proposals")
     splits = ("val", "test")
     default_split = "val"
     max_new_tokens = 32

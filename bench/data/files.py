@@ -10,6 +10,17 @@ from typing import Any
 from bench.errors import DataError
 
 
+def sha256_file(path: Path) -> str:
+    """The SHA-256 of a file's bytes, read in 1 MiB blocks (annotation files run to gigabytes)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def require_file(path: Path, what: str, key: str | None = None) -> Path:
     """Return ``path`` if it is a file, else raise a :class:`DataError` that says how to fix it."""
     if path.is_file():
