@@ -507,6 +507,27 @@ def data_synth(
 
 
 @app.command()
+@user_errors
+def report(
+    output_dir: Annotated[Path, typer.Argument(help="The --output directory of a `bench run`.")],
+    out: Annotated[Optional[Path], typer.Option(help="HTML file to write (default: OUTPUT_DIR/report.html).")] = None,
+    max_per_task: Annotated[int, typer.Option(
+        help="Show at most this many samples of each task (the page says how many are left out).")] = 200,
+    data_root: Annotated[Optional[Path], typer.Option(
+        help="Where the run's images are, when not at the data root recorded in results.json.")] = None,
+) -> None:
+    """Render a run's samples as one self-contained HTML gallery: images with their numbered regions,
+    prompt, raw and parsed answer, target, right/wrong; filters; coco-cls confusion matrix."""
+    from bench.report import write_report
+
+    summary = write_report(output_dir, out, max_per_task=max_per_task, data_root=data_root)
+    for warning in summary.warnings:
+        typer.echo(f"warning: {warning}", err=True)
+    left = f" ({summary.left_out} left out by --max-per-task)" if summary.left_out else ""
+    typer.echo(f"wrote {summary.path}: {summary.cards} sample(s){left}")
+
+
+@app.command()
 def doctor() -> None:
     """Check Java, pycocoevalcap (METEOR, PTB tokenizer), torch and CUDA."""
     from tabulate import tabulate
