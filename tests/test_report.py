@@ -154,6 +154,23 @@ def test_a_malicious_answer_is_escaped_and_missing_images_are_named(coco_run: Pa
     assert "plain.png not found" in summary.warnings[0] and "--data-root" in summary.warnings[0]
 
 
+def test_hand_written_samples_without_results_json(tmp_path: Path) -> None:
+    """No results.json (so no data root) and a malformed region: a warning, and every card still rendered."""
+    records = [
+        {"id": "a", "task": "refcocog-rec", "prompt": "Candidates: <region1>, <region2>, <region3>.",
+         "regions": [{"box": [1, 2, 30, 40]}, {"box": ["x", 0, 1, 1]}, {"box": None, "mask": [[0, 0, 10, 0, 10, 5]]}],
+         "outputs": ["Region [2]"], "parsed": 2, "target": [1], "metadata": {"gt_added": True}},
+        {"id": "b", "task": "refcocog-rec", "prompt": "p", "regions": [], "outputs": [], "parsed": None,
+         "target": [], "metadata": {}},
+    ]
+    (tmp_path / "samples_refcocog-rec.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    summary = write_report(tmp_path)
+    assert "records no data_root" in summary.warnings[0] and "--data-root" in summary.warnings[0]
+    page = parse(summary.path)
+    assert [(c["data-id"], c["data-correct"], c["no_image"]) for c in page.cards] == [("a", "0", True),
+                                                                                     ("b", "0", True)]
+
+
 def test_moved_data_root_is_a_warning_and_data_root_option_fixes_it(coco_run: Path, tmp_path: Path) -> None:
     moved = tmp_path / "moved"
     shutil.move(str(coco_run.parent / "data"), moved)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import html
 import json
+import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -175,24 +176,34 @@ def _card(card: Card) -> str:
     if regions:
         fields.append(("regions", "<br>".join(
             f"<span class=\"swatch\" style=\"background:{region_color(k)}\"></span>{k}: "
-            + (e(", ".join(_n(v) for v in box)) if box else "mask only") for k, box, _ in regions)))
+            + (e(", ".join(_n(v) for v in box)) if box else "no usable box") for k, box, _ in regions)))
     parts.append("<dl>" + "".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in fields) + "</dl></article>")
     return "".join(parts)
 
 
 def _boxes(record: Mapping[str, Any]) -> list[tuple[int, tuple[float, ...] | None, list[list[float]]]]:
-    """(number, xyxy box or None, polygons) of each region; a mask-only polygon region gets its polygons' box."""
+    """(number, xyxy box or None, polygons) of each region; a mask-only polygon region gets its polygons' box.
+
+    A box or polygon that is not plain numbers (a hand-edited or foreign samples file) is left undrawn
+    rather than failing the whole page; the region keeps its number, so the others still match the prompt.
+    """
     out = []
     for k, region in enumerate(record.get("regions") or [], start=1):
-        box = region.get("box") if isinstance(region, dict) else None
-        mask = region.get("mask") if isinstance(region, dict) else None
-        polygons = [p for p in mask if isinstance(p, list) and len(p) >= 6] if isinstance(mask, list) else []
+        region = region if isinstance(region, dict) else {}
+        box, mask = region.get("box"), region.get("mask")
+        polygons = [p for p in mask if isinstance(p, list) and len(p) >= 6 and all(map(_number, p))] \
+            if isinstance(mask, list) else []
         if box is None and polygons:
             xs = [float(v) for p in polygons for v in p[0::2]]
             ys = [float(v) for p in polygons for v in p[1::2]]
             box = [min(xs), min(ys), max(xs), max(ys)]
-        out.append((k, tuple(float(v) for v in box) if box is not None else None, polygons))
+        valid = isinstance(box, (list, tuple)) and len(box) == 4 and all(map(_number, box))
+        out.append((k, tuple(float(v) for v in box) if valid else None, polygons))
     return out
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _drawing(image_id: str, image: EmbeddedImage, regions: Sequence[tuple[int, tuple[float, ...] | None, list]],

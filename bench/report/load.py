@@ -123,7 +123,7 @@ def _resolve_images(data: RunData, data_root: Path | None) -> None:
                 else:
                     data.images[(entry.run_name, str(record["id"]))] = ref.path
             if missing:
-                more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
+                more = f" (and {len(missing) - 1} more sample(s))" if len(missing) > 1 else ""
                 data.warnings.append(
                     f"{entry.run_name}: {missing[0]}{more}; those samples are shown without their image. "
                     "Pass --data-root DIR with the images the run used, or fix the image directory in the "
