@@ -542,6 +542,44 @@ def doctor() -> None:
         raise typer.Exit(1)
 
 
+@app.command()
+@user_errors
+def check(
+    results: Annotated[list[Path], typer.Argument(
+        help="results.json files or `bench run` output directories (one per model), or a directory of them.")],
+    baseline: Annotated[Path, typer.Option(
+        help="Baseline JSON file, e.g. leaderboards/baselines/embedded.json.")],
+    tolerance: Annotated[Optional[list[str]], typer.Option(
+        help="Largest allowed absolute change of a metric, as a fraction (default 0.01: one table point); "
+             "METRIC=X sets one metric's (e.g. cider=0.05). Repeatable.")] = None,
+    update: Annotated[bool, typer.Option(
+        "--update", help="Rewrite the given models' baseline entries from RESULTS (other models are kept) "
+                         "and print what changed; only for a deliberate, explained change.")] = False,
+    subset: Annotated[bool, typer.Option(
+        "--subset", help="Check only the models in RESULTS; baseline models without results are no failure.")
+    ] = False,
+) -> None:
+    """Compare results with a stored baseline; exit 1 naming every metric that moved beyond the tolerance."""
+    from bench import check as checking
+
+    if update:
+        for line in checking.update(results, baseline):
+            typer.echo(line)
+        typer.echo(f"wrote {baseline}; review the diff and say in the commit message why the scores changed")
+        return
+    comparison = checking.check(results, baseline, checking.parse_tolerances(tolerance), subset=subset)
+    typer.echo(comparison.table())
+    for note in comparison.notes:
+        typer.echo(f"note: {note}", err=True)
+    for failure in comparison.failures:
+        typer.echo(f"failed: {failure}", err=True)
+    if not comparison.ok:
+        typer.echo(f"error: {len(comparison.failures)} check(s) failed against {baseline}; fix the change, or if it "
+                   "is deliberate, rewrite the baseline with --update and explain it in the commit message", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"every metric is within the tolerance of {baseline}")
+
+
 def main() -> None:
     app(prog_name="bench")
 
