@@ -33,7 +33,7 @@ from typing import Any
 from tabulate import tabulate
 
 from bench.errors import BenchError, ConfigError, DataError
-from bench.results import RESULTS_FILE
+from bench.results import find_results
 
 BASELINE_FORMAT = 1
 DEFAULT_TOLERANCE = 0.01
@@ -75,27 +75,6 @@ def model_key(model: str, model_args: Mapping[str, Any]) -> str:
     if not model_args:
         return model
     return f"{model}[{','.join(f'{k}={model_args[k]}' for k in sorted(model_args))}]"
-
-
-def find_results(paths: Sequence[Path]) -> list[Path]:
-    """The ``results.json`` files named by ``paths``: a file, a run directory, or a directory of run
-    directories (what :mod:`bench.embedded_suite` writes), so one argument can cover a whole suite."""
-    found: list[Path] = []
-    for path in paths:
-        if path.is_file():
-            found.append(path)
-        elif (path / RESULTS_FILE).is_file():
-            found.append(path / RESULTS_FILE)
-        elif path.is_dir():
-            children = sorted(child / RESULTS_FILE for child in path.iterdir() if (child / RESULTS_FILE).is_file())
-            if not children:
-                raise DataError(f"{path}: no {RESULTS_FILE} in it or in its subdirectories; pass the --output "
-                                "directory of a `bench run`, or its results.json")
-            found.extend(children)
-        else:
-            raise DataError(f"{path}: no such file or directory; pass a results.json or a `bench run` --output "
-                            "directory")
-    return found
 
 
 def load_results(path: Path) -> RunResults:

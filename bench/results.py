@@ -12,7 +12,7 @@ import json
 import os
 import platform
 import subprocess
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -20,6 +20,7 @@ from typing import Any
 from tabulate import tabulate
 
 import bench
+from bench.errors import DataError
 
 RESULTS_FILE = "results.json"
 
@@ -52,6 +53,28 @@ def versions(task_versions: Mapping[str, str]) -> dict[str, Any]:
         "torch": package_version("torch"),
         "transformers": package_version("transformers"),
     }
+
+
+def find_results(paths: Sequence[Path]) -> list[Path]:
+    """The ``results.json`` files named by ``paths``: a file, a run directory, or a directory of run
+    directories (what :mod:`bench.embedded_suite` writes), so one argument can cover a whole suite.
+    Shared by ``bench check`` and ``bench leaderboard``."""
+    found: list[Path] = []
+    for path in paths:
+        if path.is_file():
+            found.append(path)
+        elif (path / RESULTS_FILE).is_file():
+            found.append(path / RESULTS_FILE)
+        elif path.is_dir():
+            children = sorted(child / RESULTS_FILE for child in path.iterdir() if (child / RESULTS_FILE).is_file())
+            if not children:
+                raise DataError(f"{path}: no {RESULTS_FILE} in it or in its subdirectories; pass the --output "
+                                "directory of a `bench run`, or its results.json")
+            found.extend(children)
+        else:
+            raise DataError(f"{path}: no such file or directory; pass a results.json or a `bench run` --output "
+                            "directory")
+    return found
 
 
 def write_json_atomic(path: Path, data: Mapping[str, Any]) -> None:

@@ -13,8 +13,9 @@ import pytest
 from bench.errors import DataError
 from bench.leaderboard import write_leaderboards
 from bench.leaderboard.reported import REPORTED
-from bench.leaderboard.runs import find_results, read_run
+from bench.leaderboard.runs import read_run
 from bench.leaderboard.tables import TABLES, build_table
+from bench.results import find_results
 from tests.plugin_utils import run_bench
 
 SHARED_DOC = Path(__file__).resolve().parents[2] / "shared" / "docs" / "reference-models.md"

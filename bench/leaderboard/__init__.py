@@ -12,8 +12,9 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from bench.leaderboard.render import csv_text, html_page, markdown
-from bench.leaderboard.runs import find_results, read_run
+from bench.leaderboard.runs import read_run
 from bench.leaderboard.tables import TABLES, Table, build_table
+from bench.results import find_results
 
 HTML_FILE = "index.html"
 
@@ -21,7 +22,7 @@ HTML_FILE = "index.html"
 def write_leaderboards(paths: Iterable[Path], out_dir: Path) -> list[Path]:
     """Build every table from the results.json files under ``paths`` and write, into ``out_dir``,
     ``{table}.md`` and ``{table}.csv`` for each table and ``index.html``. Returns the files written."""
-    files = find_results(paths)
+    files = find_results(list(paths))
     runs = [read_run(path) for path in files]
     tables: list[Table] = [build_table(spec, runs) for spec in TABLES]
     out_dir.mkdir(parents=True, exist_ok=True)

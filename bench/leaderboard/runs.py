@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 from bench.errors import DataError
-from bench.results import RESULTS_FILE
 
 
 @dataclass(frozen=True)
@@ -46,23 +45,6 @@ class MeasuredRun:
         """The model name with its arguments other than ``pretrained`` (``gpt4roi size=full``)."""
         extra = " ".join(f"{k}={v}" for k, v in sorted(self.model_args.items()) if k != "pretrained")
         return f"{self.model} {extra}".strip()
-
-
-def find_results(paths: Iterable[Path]) -> list[Path]:
-    """Every results.json under ``paths`` (a file, a run directory, or a folder of run directories)."""
-    found: list[Path] = []
-    for path in paths:
-        if path.is_file():
-            found.append(path)
-        elif path.is_dir():
-            inside = sorted(path.rglob(RESULTS_FILE))
-            if not inside:
-                raise DataError(f"{path}: no {RESULTS_FILE} in it or below it; give run directories that "
-                                "bench run --output wrote")
-            found.extend(inside)
-        else:
-            raise DataError(f"{path}: no such file or directory")
-    return sorted(dict.fromkeys(p.resolve() for p in found))
 
 
 def read_run(path: Path) -> MeasuredRun:
