@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +32,7 @@ from typing import Any
 from tabulate import tabulate
 
 from bench.errors import BenchError, ConfigError, DataError
-from bench.results import find_results
+from bench.results import find_results, is_number, load_run_results, read_json_object, write_json_atomic
 
 BASELINE_FORMAT = 1
 DEFAULT_TOLERANCE = 0.01
@@ -79,21 +78,7 @@ def model_key(model: str, model_args: Mapping[str, Any]) -> str:
 
 def load_results(path: Path) -> RunResults:
     """Read and validate one ``results.json``; every problem names the file and what to do."""
-    data = _read_json(path, "results file")
-    config = data.get("config")
-    if not isinstance(config, dict) or not isinstance(config.get("model"), str):
-        raise DataError(f"{path}: no run configuration (config.model); `bench check` needs the results.json that "
-                        "`bench run` writes (not the output of `bench score --output`)")
-    results = data.get("results")
-    if not isinstance(results, dict) or not all(isinstance(m, dict) for m in results.values()):
-        raise DataError(f"{path}: 'results' must map each task to its metrics; is this a `bench run` results.json?")
-    for task, metrics in results.items():
-        for metric, value in metrics.items():
-            if not _is_number(value):
-                raise DataError(f"{path}: {task} {metric} is {value!r}, not a number; rerun `bench run`")
-    if not isinstance(data.get("n_samples", {}), dict) or not isinstance(data.get("versions", {}), dict):
-        raise DataError(f"{path}: 'n_samples' and 'versions' must be objects; rerun `bench run`")
-    return RunResults(path, data)
+    return RunResults(path, load_run_results(path))
 
 
 def load_all_results(paths: Sequence[Path]) -> list[RunResults]:
@@ -107,24 +92,6 @@ def load_all_results(paths: Sequence[Path]) -> list[RunResults]:
         seen[run.key] = path
         runs.append(run)
     return runs
-
-
-def _read_json(path: Path, what: str) -> dict[str, Any]:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as error:
-        raise DataError(f"{path}: cannot read the {what} ({error.strerror or error})") from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise DataError(f"{path}, line {error.lineno}: the {what} is not valid JSON ({error.msg})") from None
-    if not isinstance(data, dict):
-        raise DataError(f"{path}: the {what} must hold a JSON object")
-    return data
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 # --------------------------------------------------------------------------- baseline entries
@@ -171,7 +138,7 @@ def load_baseline(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise DataError(f"{path}: no such baseline file; create it from a run with "
                         f"`bench check RESULTS --baseline {path} --update`")
-    data = _read_json(path, "baseline")
+    data = read_json_object(path, "baseline")
     if data.get("format") != BASELINE_FORMAT or not isinstance(data.get("models"), dict):
         raise DataError(f"{path}: not a baseline of format {BASELINE_FORMAT} (needs 'format' and 'models'); "
                         "rewrite it with `bench check RESULTS --baseline FILE --update`")
@@ -180,18 +147,15 @@ def load_baseline(path: Path) -> dict[str, Any]:
             raise DataError(f"{path}: model {key!r} has no 'tasks' object; rewrite it with --update")
         for task, record in entry["tasks"].items():
             metrics = record.get("metrics") if isinstance(record, dict) else None
-            if not isinstance(metrics, dict) or not all(_is_number(v) for v in metrics.values()):
+            if not isinstance(metrics, dict) or not all(is_number(v) for v in metrics.values()):
                 raise DataError(f"{path}: model {key!r}, task {task!r}: 'metrics' must map names to numbers; "
                                 "rewrite it with --update")
     return data
 
 
 def write_baseline(path: Path, baseline: Mapping[str, Any]) -> None:
-    """Write with sorted keys and a final newline (stable diffs), atomically (never half a file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_suffix(path.suffix + ".tmp")
-    temporary.write_text(json.dumps(baseline, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(temporary, path)
+    """Write with sorted keys (stable diffs), atomically (never half a file)."""
+    write_json_atomic(path, baseline, sort_keys=True)
 
 
 # --------------------------------------------------------------------------- tolerances

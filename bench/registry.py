@@ -17,6 +17,7 @@ import importlib
 import inspect
 import types
 import typing
+from collections.abc import Mapping
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, TypeVar
@@ -199,9 +200,15 @@ def build_tasks(names: list[str], data_root: Path, split: str | None, task_args:
         raise ConfigError(f"no selected task takes --task-args {', '.join(unused)} ({takes})")
     tasks = []
     for cls in classes:
-        mine = {k: v for k, v in task_args.items() if k in options[cls.name]}
-        tasks.append(cls(data_root, split=split, **_converted(cls, mine, "--task-args")))
+        tasks.append(cls(data_root, split=split, **_converted(cls, task_args_taken(cls, task_args), "--task-args")))
     return tasks
+
+
+def task_args_taken(cls: type, task_args: Mapping[str, str]) -> dict[str, str]:
+    """The part of ``task_args`` that task class ``cls``'s constructor declares (a run's
+    ``--task-args`` may belong to another of its tasks)."""
+    accepted = _options(cls, exclude=("data_root", "split"))
+    return {k: v for k, v in task_args.items() if k in accepted}
 
 
 def _options(cls: type, exclude: tuple[str, ...]) -> dict[str, inspect.Parameter]:

@@ -77,10 +77,51 @@ def find_results(paths: Sequence[Path]) -> list[Path]:
     return found
 
 
-def write_json_atomic(path: Path, data: Mapping[str, Any]) -> None:
+def read_json_object(path: Path, what: str) -> dict[str, Any]:
+    """A JSON file holding an object; an unreadable or malformed one is a :class:`DataError` naming
+    the file (and the line) and ``what`` it should have been."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as error:
+        raise DataError(f"{path}: cannot read the {what} ({error.strerror or error})") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise DataError(f"{path}, line {error.lineno}: the {what} is not valid JSON ({error.msg})") from None
+    if not isinstance(data, dict):
+        raise DataError(f"{path}: the {what} must hold a JSON object")
+    return data
+
+
+def is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def load_run_results(path: Path) -> dict[str, Any]:
+    """Read and validate a ``results.json`` that ``bench run`` wrote (``bench check`` and ``bench
+    leaderboard`` read them); every problem names the file and what to do."""
+    data = read_json_object(path, "results file")
+    config = data.get("config")
+    if not isinstance(config, dict) or not isinstance(config.get("model"), str):
+        raise DataError(f"{path}: no run configuration (config.model); is it a results.json written by bench run? "
+                        "(`bench score --output` writes none)")
+    results = data.get("results")
+    if not isinstance(results, dict) or not all(isinstance(m, dict) for m in results.values()):
+        raise DataError(f"{path}: 'results' must map each task to its metrics; is this a `bench run` results.json?")
+    for task, metrics in results.items():
+        for metric, value in metrics.items():
+            if not is_number(value):
+                raise DataError(f"{path}: {task} {metric} is {value!r}, not a number; rerun `bench run`")
+    if not isinstance(data.get("n_samples", {}), dict) or not isinstance(data.get("versions", {}), dict):
+        raise DataError(f"{path}: 'n_samples' and 'versions' must be objects; rerun `bench run`")
+    return data
+
+
+def write_json_atomic(path: Path, data: Mapping[str, Any], sort_keys: bool = False) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_suffix(path.suffix + ".tmp")
-    temporary.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    temporary.write_text(json.dumps(data, indent=2, sort_keys=sort_keys, ensure_ascii=False) + "\n",
+                         encoding="utf-8")
     os.replace(temporary, path)
 
 

@@ -9,13 +9,12 @@ on different data out of one ranking.
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.errors import DataError
+from bench.results import load_run_results
 
 
 @dataclass(frozen=True)
@@ -48,25 +47,16 @@ class MeasuredRun:
 
 
 def read_run(path: Path) -> MeasuredRun:
-    """Parse one results.json; a malformed one is an error naming the file and the field."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise DataError(f"{path}: not a readable results.json ({error}); re-run bench run to rewrite it") from None
-    try:
-        config, versions, results = data["config"], data["versions"], data["results"]
-        model = config["model"]
-    except (KeyError, TypeError) as missing:
-        raise DataError(f"{path}: no {missing} field; is it a results.json written by bench run?") from None
-    if not isinstance(results, Mapping):
-        raise DataError(f"{path}: 'results' must map task names to metrics")
+    """Parse one results.json (:func:`bench.results.load_run_results` validates it)."""
+    data = load_run_results(path)
+    config, versions = data["config"], data.get("versions", {})
     commit = (versions.get("git_commit") or "")[:7]
     harness = f"{versions.get('harness', '?')}" + (f" ({commit})" if commit else "")
     files = config.get("data_files") or {}
     return MeasuredRun(
-        path=path, model=model, model_args=dict(config.get("model_args") or {}),
+        path=path, model=config["model"], model_args=dict(config.get("model_args") or {}),
         fingerprint=str(config.get("model_fingerprint") or ""),
-        results={task: dict(metrics) for task, metrics in results.items()},
+        results={task: dict(metrics) for task, metrics in data["results"].items()},
         data_root=str(config.get("data_root", "")), synthetic=bool(config.get("synthetic_suite")),
         limit=config.get("limit"),
         data_checksums={task: _digest(entries) for task, entries in files.items()},

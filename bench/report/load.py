@@ -16,7 +16,6 @@ sample is still shown, marked as having no image.
 
 from __future__ import annotations
 
-import inspect
 import json
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -136,8 +135,6 @@ def _image_refs(task_name: str, data_root: Path, split: str | None, task_args: d
     Only the ``--task-args`` this task's constructor takes are passed (a run's
     arguments may belong to another of its tasks).
     """
-    cls = registry.get_task(task_name)
-    accepted = set(inspect.signature(cls.__init__).parameters) - {"self", "data_root", "split"}
-    mine = {k: v for k, v in task_args.items() if k in accepted}
+    mine = registry.task_args_taken(registry.get_task(task_name), task_args)
     (task,) = registry.build_tasks([task_name], data_root, split, mine)
     return {sample.id: sample.image for sample in task.load_samples()}
