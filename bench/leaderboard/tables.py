@@ -71,7 +71,6 @@ class Row:
     source: str = ""
     fingerprint: str = ""
     harness: str = ""
-    runs: list[str] = field(default_factory=list)
     rank: int | None = None
 
 
@@ -94,49 +93,49 @@ def _percent(value: object) -> float | None:
     return float(value) * 100 if isinstance(value, (int, float)) else None
 
 
+@dataclass
+class _Group:
+    """Runs gathered because their data agree on every task they share (``data``: task -> identity)."""
+
+    data: dict[str, str] = field(default_factory=dict)
+    runs: list[MeasuredRun] = field(default_factory=list)
+    rows: list[Row] = field(default_factory=list)
+
+    def accepts(self, data: dict[str, str]) -> bool:
+        return all(self.data[task] == data[task] for task in self.data.keys() & data.keys())
+
+    def add(self, data: dict[str, str], runs: Sequence[MeasuredRun]) -> None:
+        self.data.update(data)
+        self.runs.extend(runs)
+
+
 def build_table(spec: TableSpec, runs: Sequence[MeasuredRun]) -> Table:
     """The measured rows of ``runs`` that have any of the table's columns, in data sections, ranked
     within each; then the papers' rows. A task measured twice for the same row: the run read last
     (``runs``' order) wins, with a note on stderr."""
     tasks = tuple(dict.fromkeys(c.task for c in spec.columns))
-    # Merge runs into rows: key = who + the data of each task.
-    merged: dict[tuple, tuple[Row, dict[str, str], list[MeasuredRun]]] = {}
+    # A row: the runs of one model and checkpoint whose data agree.
+    by_model: list[tuple[tuple[str, str, str], _Group]] = []
     for run in runs:
-        present = [t for t in tasks if t in run.results]
-        if not present:
+        identity = {t: data_identity(run, t) for t in tasks if t in run.results}
+        if not identity:
             continue
-        identity = {t: data_identity(run, t) for t in present}
         who = (run.model_label, run.checkpoint, run.fingerprint)
-        slot = next((k for k, (_, ids, _) in merged.items() if k[0] == who and _compatible(ids, identity)), None)
-        if slot is None:
-            slot = (who, len(merged))
-            merged[slot] = (Row(run.model_label, run.checkpoint, {c.label: None for c in spec.columns},
-                                fingerprint=run.fingerprint, harness=run.harness), {}, [])
-        row, ids, members = merged[slot]
-        for column in spec.columns:
-            if column.task in present and column.metric in run.results[column.task]:
-                if row.values[column.label] is not None:
-                    print(f"note: {spec.name}: {row.model} {column.label} measured again in {run.path}; "
-                          "using that run", file=sys.stderr)
-                row.values[column.label] = _percent(run.results[column.task][column.metric])
-        ids.update(identity)
-        members.append(run)
-        row.runs.append(str(run.path))
-        if run.harness not in row.harness.split(", "):
-            row.harness = ", ".join(filter(None, (row.harness, run.harness)))
-    for row, _, _ in merged.values():
-        _derive(spec, row)
-    # Sections: rows whose data agree on every task they share.
-    sections: list[tuple[dict[str, str], list[Row], list[MeasuredRun]]] = []
-    for row, ids, members in merged.values():
-        home = next((s for s in sections if _compatible(s[0], ids)), None)
+        group = next((g for w, g in by_model if w == who and g.accepts(identity)), None)
+        if group is None:
+            group = _Group()
+            by_model.append((who, group))
+        group.add(identity, [run])
+    # A section: the rows whose data agree.
+    sections: list[_Group] = []
+    for _, group in by_model:
+        home = next((s for s in sections if s.accepts(group.data)), None)
         if home is None:
-            home = ({}, [], [])
+            home = _Group()
             sections.append(home)
-        home[0].update(ids)
-        home[1].append(row)
-        home[2].extend(members)
-    built = [Section(data_label(members, tasks), *_ranked(spec, rows)) for _, rows, members in sections]
+        home.add(group.data, group.runs)
+        home.rows.append(_row(spec, group.runs))
+    built = [Section(data_label(s.runs, tasks), *_ranked(spec, s.rows)) for s in sections]
     built.sort(key=lambda s: s.data)
     reported = [Row(r.model, "", {c.label: r.values.get((c.task, c.metric)) for c in spec.columns},
                     reported=True, source=r.source + (f"; {r.note}" if r.note else ""))
@@ -146,6 +145,24 @@ def build_table(spec: TableSpec, runs: Sequence[MeasuredRun]) -> Table:
     if reported:
         built.append(Section("reported in the papers (the real datasets; not measured here)", reported))
     return Table(spec, built)
+
+
+def _row(spec: TableSpec, runs: Sequence[MeasuredRun]) -> Row:
+    """One model's row from its ``runs`` (one model, checkpoint and data), in order."""
+    first = runs[0]
+    row = Row(first.model_label, first.checkpoint, {c.label: None for c in spec.columns},
+              fingerprint=first.fingerprint, harness=", ".join(dict.fromkeys(r.harness for r in runs)))
+    for run in runs:
+        for column in spec.columns:
+            value = run.results.get(column.task, {}).get(column.metric)
+            if value is None:
+                continue
+            if row.values[column.label] is not None:
+                print(f"note: {spec.name}: {row.model} {column.label} measured again in {run.path}; using that run",
+                      file=sys.stderr)
+            row.values[column.label] = _percent(value)
+    _derive(spec, row)
+    return row
 
 
 MEAN_F1_FROM = ("random F1", "popular F1", "adversarial F1")
@@ -158,10 +175,6 @@ def _derive(spec: TableSpec, row: Row) -> None:
         parts = [row.values.get(label) for label in MEAN_F1_FROM]
         if all(part is not None for part in parts):
             row.values["mean F1"] = sum(parts) / len(parts)  # type: ignore[arg-type]
-
-
-def _compatible(a: dict[str, str], b: dict[str, str]) -> bool:
-    return all(a[task] == b[task] for task in a.keys() & b.keys())
 
 
 def _ranked(spec: TableSpec, rows: list[Row]) -> tuple[list[Row], str | None]:
