@@ -53,9 +53,10 @@ def write_report(output_dir: Path, out: Path | None = None, max_per_task: int = 
             image_id, problem = None, "the image file could not be found (see the warnings at the top)"
             if path is not None:
                 if path not in image_ids:
+                    key = f"img{len(images)}"
                     try:
-                        images[f"img{len(images)}"] = embed_image(path, max_image_side)
-                        image_ids[path] = f"img{len(images) - 1}"
+                        images[key] = embed_image(path, max_image_side)
+                        image_ids[path] = key
                     except OSError as error:
                         image_ids[path] = None
                         warnings.append(f"image file {path} could not be read ({error}); replace the file or pass "
